@@ -1,0 +1,145 @@
+"""The BERT encoder as NumPy math: embeddings, self-attention, feed-forward, pooling.
+
+Every function here is pure: arrays in, arrays out, no I/O and no hidden state. The weights are a
+nested dict of arrays (see `e5np.checkpoint.load_weights`), linear weights stored as [in, out] so
+that a linear layer reads `x @ w + b`. Shape comments use
+
+    B  batch size          T  tokens per text (after padding)
+    H  hidden size (384 in e5-small)        F  feed-forward size (1536)
+    N  attention heads (12)                 D  head size, H // N (32)
+
+The whole model, top to bottom, is `encode` at the end of this file.
+"""
+
+import math
+
+import numpy as np
+
+# --- erf and GELU --------------------------------------------------------------------------------
+# NumPy has no erf. In float32 we evaluate two polynomial fits made by tools/fit_erf.py (least
+# squares on relative error against math.erf); measured error <= 2.7 float32 ulps over the line.
+ERF_SMALL = (1.128379166509964, -0.3761262884283033, 0.11283612422318223, -0.026854808267527508,
+             0.0051900530189001376, -0.0008024348790295686, 7.898191134634727e-05)
+ERF_LARGE = (-1.747788565090705e-05, 0.28242407321437907, 0.27944917988084494, 0.2584056361753531,
+             0.14786816066333916, 0.11620654565476934, 0.004984889959139878, -0.11655589356745849,
+             -0.04898993611498917, 0.11734923161905016, -0.0411886200648701)
+ERF_SATURATES_AT = 4.0  # 1 - erf(4) = 1.5e-8, below float32's spacing just under 1
+
+
+def polynomial(coefficients, t):
+    """c0 + c1 t + c2 t^2 + ..., by Horner's rule in t's dtype."""
+    result = np.full_like(t, coefficients[-1])
+    for c in coefficients[-2::-1]:
+        result *= t
+        result += c
+    return result
+
+
+_math_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x):
+    """The error function, accurate to the precision of x's dtype."""
+    if x.dtype == np.float64:
+        # Ground-truth mode: the C library's erf, element by element. Slow, exact to ~1 ulp.
+        return _math_erf(x).astype(np.float64)
+    a = np.minimum(np.abs(x), np.float32(ERF_SATURATES_AT))
+    c = np.clip(x, -1, 1)                                             # this branch is only kept for |x| <= 1
+    near_zero = c * polynomial(ERF_SMALL, c * c)                      # erf(x) = x P(x^2)
+    tail = 1 - np.exp(-a * a) * polynomial(ERF_LARGE, 1 / (1 + a / 2))  # erf(a) = 1 - e^{-a^2} R(t)
+    return np.where(a <= 1, near_zero, np.copysign(tail, x))
+
+
+def gelu(x):
+    """Exact GELU, x * Phi(x), Phi the standard normal CDF (BERT's "gelu")."""
+    return x * 0.5 * (1 + erf(x * np.asarray(math.sqrt(0.5), x.dtype)))
+
+
+# --- the building blocks -------------------------------------------------------------------------
+def linear(x, w, b):
+    return x @ w + b                                                   # [..., in] -> [..., out]
+
+
+def layer_norm(x, g, b, eps):
+    mean = x.mean(axis=-1, keepdims=True)                              # [B, T, H] -> [B, T, 1]
+    variance = np.square(x - mean).mean(axis=-1, keepdims=True)        # [B, T, H] -> [B, T, 1]
+    return (x - mean) / np.sqrt(variance + eps) * g + b                # [B, T, H]
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))                      # shift for overflow safety
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def embed(input_ids, word, position, token_type, norm, eps):
+    T = input_ids.shape[1]
+    x = word[input_ids] + token_type[0]                                # [B, T] -> [B, T, H], segment A
+    x = x + position[:T]                                               # absolute positions 0..T-1
+    return layer_norm(x, **norm, eps=eps)                              # [B, T, H]
+
+
+def attention_bias(attention_mask, dtype):
+    """0 where a key is a real token, a huge negative where it is padding, so softmax ignores it."""
+    padding = attention_mask[:, None, None, :] == 0                    # [B, T] -> [B, 1, 1, T]
+    return np.where(padding, np.finfo(dtype).min, 0).astype(dtype)     # broadcasts over heads, queries
+
+
+def self_attention(x, bias, query, key, value, output, n_heads):
+    B, T, H = x.shape
+    D = H // n_heads
+
+    def split_heads(y):
+        return y.reshape(B, T, n_heads, D).transpose(0, 2, 1, 3)        # [B, T, H] -> [B, N, T, D]
+
+    q = split_heads(linear(x, **query))                                # [B, N, T, D]
+    k = split_heads(linear(x, **key))                                  # [B, N, T, D]
+    v = split_heads(linear(x, **value))                                # [B, N, T, D]
+    scores = (q @ k.transpose(0, 1, 3, 2)) * D**-0.5 + bias            # [B, N, T, D] @ [B, N, D, T] -> [B, N, T, T]
+    probs = softmax(scores)                                            # each query's weights over keys sum to 1
+    context = (probs @ v).transpose(0, 2, 1, 3).reshape(B, T, H)       # [B, N, T, D] -> [B, T, H]
+    return linear(context, **output), probs                           # [B, T, H], [B, N, T, T]
+
+
+def feed_forward(x, up, down):
+    return linear(gelu(linear(x, **up)), **down)                       # [B, T, H] -> [B, T, F] -> [B, T, H]
+
+
+def encoder_layer(x, bias, layer, n_heads, eps):
+    """One post-LayerNorm transformer block: attention then feed-forward, each with a residual."""
+    attended, probs = self_attention(x, bias, **layer["attention"], n_heads=n_heads)
+    x = layer_norm(x + attended, **layer["attention_norm"], eps=eps)   # [B, T, H]
+    x = layer_norm(x + feed_forward(x, **layer["ffn"]), **layer["ffn_norm"], eps=eps)  # [B, T, H]
+    return x, probs
+
+
+# --- pooling ------------------------------------------------------------------------------------
+def mean_pool(hidden, attention_mask):
+    mask = attention_mask[:, :, None].astype(hidden.dtype)             # [B, T] -> [B, T, 1]
+    summed = (hidden * mask).sum(axis=1)                               # [B, T, H] -> [B, H], real tokens only
+    return summed / mask.sum(axis=1)                                   # [B, H] / [B, 1]
+
+
+def l2_normalize(x, eps=1e-12):
+    norm = np.sqrt(np.square(x).sum(axis=-1, keepdims=True))           # [B, H] -> [B, 1]
+    return x / np.maximum(norm, eps)                                   # unit length rows
+
+
+# --- the whole model -----------------------------------------------------------------------------
+def encode(input_ids, attention_mask, params, n_heads, eps, keep_hidden=False, keep_attention=False):
+    """Token ids -> last hidden state [B, T, H]; optionally every layer's output and attention.
+
+    Returns (last_hidden, hidden_states, attentions): hidden_states is the embedding output followed
+    by each layer's output (num_layers + 1 arrays), attentions each layer's [B, N, T, T]
+    probabilities; each is None unless asked for.
+    """
+    x = embed(input_ids, **params["embeddings"], eps=eps)             # [B, T] -> [B, T, H]
+    bias = attention_bias(attention_mask, x.dtype)                     # [B, 1, 1, T]
+    hidden_states = [x] if keep_hidden else None
+    attentions = [] if keep_attention else None
+    for layer in params["layers"]:
+        x, probs = encoder_layer(x, bias, layer, n_heads, eps)         # [B, T, H] -> [B, T, H]
+        if keep_hidden:
+            hidden_states.append(x)
+        if keep_attention:
+            attentions.append(probs)
+    return x, hidden_states, attentions

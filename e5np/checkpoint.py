@@ -1,0 +1,254 @@
+"""Reading a BERT checkpoint directory: config.json and model.safetensors, strictly.
+
+The loader knows the complete list of tensors a BERT encoder with a given config must have, and
+their shapes. It refuses a checkpoint that lacks one, carries one it does not know, or has one of
+the wrong shape, and says which, in which file. It never unpickles anything.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+# Tensors a checkpoint may carry that the encoder does not use: the [CLS] pooler head of
+# BertModel and the position-id buffer that older transformers versions saved.
+IGNORED_PREFIXES = ("pooler.",)
+IGNORED_NAMES = ("embeddings.position_ids",)
+OPTIONAL_PREFIX = "bert."  # BertFor*/pretraining checkpoints nest the encoder under "bert."
+
+SUPPORTED_ACTIVATIONS = ("gelu",)  # transformers' "gelu" is the exact erf form
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or does not describe a BERT encoder e5np can run."""
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float
+
+    @property
+    def head_size(self):
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, d, source=CONFIG_FILE):
+        def problem(message):
+            return CheckpointError(f"{source}: {message}")
+
+        model_type = d.get("model_type", "bert")
+        if model_type != "bert":
+            raise problem(f"model_type {model_type!r} is not supported; e5np runs BERT encoders (model_type 'bert')")
+        activation = d.get("hidden_act", "gelu")
+        if activation not in SUPPORTED_ACTIVATIONS:
+            raise problem(f"hidden_act {activation!r} is not supported; e5np implements {SUPPORTED_ACTIVATIONS}")
+        position_type = d.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise problem(f"position_embedding_type {position_type!r} is not supported; only 'absolute' is")
+
+        sizes = {}
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "max_position_embeddings"):
+            if name not in d:
+                raise problem(f"missing required field {name!r}")
+            sizes[name] = d[name]
+        sizes["type_vocab_size"] = d.get("type_vocab_size", 2)
+        for name, value in sizes.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise problem(f"{name} must be a positive integer, got {value!r}")
+        if sizes["hidden_size"] % sizes["num_attention_heads"]:
+            raise problem(f"hidden_size {sizes['hidden_size']} is not divisible by "
+                          f"num_attention_heads {sizes['num_attention_heads']}")
+        eps = d.get("layer_norm_eps", 1e-12)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise problem(f"layer_norm_eps must be a small positive number, got {eps!r}")
+        return cls(**sizes, layer_norm_eps=float(eps))
+
+
+def read_json(path):
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not readable as JSON ({e})") from None
+
+
+def load_config(directory):
+    path = Path(directory) / CONFIG_FILE
+    d = read_json(path)
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return BertConfig.from_dict(d, source=str(path))
+
+
+def expected_shapes(config):
+    """Every tensor name of a BERT encoder (transformers' BertModel naming) and its shape."""
+    H, F = config.hidden_size, config.intermediate_size
+    shapes = {
+        "embeddings.word_embeddings.weight": (config.vocab_size, H),
+        "embeddings.position_embeddings.weight": (config.max_position_embeddings, H),
+        "embeddings.token_type_embeddings.weight": (config.type_vocab_size, H),
+        "embeddings.LayerNorm.weight": (H,),
+        "embeddings.LayerNorm.bias": (H,),
+    }
+    for i in range(config.num_hidden_layers):
+        p = f"encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            shapes[p + f"attention.self.{name}.weight"] = (H, H)
+            shapes[p + f"attention.self.{name}.bias"] = (H,)
+        shapes[p + "attention.output.dense.weight"] = (H, H)
+        shapes[p + "attention.output.dense.bias"] = (H,)
+        shapes[p + "attention.output.LayerNorm.weight"] = (H,)
+        shapes[p + "attention.output.LayerNorm.bias"] = (H,)
+        shapes[p + "intermediate.dense.weight"] = (F, H)  # torch Linear stores [out, in]
+        shapes[p + "intermediate.dense.bias"] = (F,)
+        shapes[p + "output.dense.weight"] = (H, F)
+        shapes[p + "output.dense.bias"] = (H,)
+        shapes[p + "output.LayerNorm.weight"] = (H,)
+        shapes[p + "output.LayerNorm.bias"] = (H,)
+    return shapes
+
+
+def _list(names, limit=8):
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _open_safetensors(path):
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(path), framework="numpy")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def _read_tensor(handle, path, name, dtype):
+    """One tensor as a `dtype` array. bfloat16, which NumPy lacks, is widened bit-exactly."""
+    from safetensors import SafetensorError
+
+    stored = handle.get_slice(name).get_dtype()
+    try:
+        if stored == "BF16":
+            raw = _read_raw(path, name)
+            return (raw.astype(np.uint32) << 16).view(np.float32).astype(dtype)
+        if stored not in ("F16", "F32", "F64"):
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {stored}; expected a float type")
+        return handle.get_tensor(name).astype(dtype)
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: tensor {name!r} could not be read ({e})") from None
+
+
+def _read_raw(path, name):
+    """The bytes of a bfloat16 tensor as uint16, located from the safetensors header.
+
+    Format: an 8-byte little-endian header length, a JSON header mapping names to
+    {dtype, shape, data_offsets}, then the tensor bytes (offsets relative to the end of the header).
+    """
+    with open(path, "rb") as f:
+        header_length = int.from_bytes(f.read(8), "little")
+        entry = json.loads(f.read(header_length))[name]
+    start, end = entry["data_offsets"]
+    data = np.memmap(path, dtype=np.uint16, mode="r", offset=8 + header_length + start,
+                     shape=((end - start) // 2,))
+    return np.array(data).reshape(entry["shape"])
+
+
+def load_weights(directory, config, dtype=np.float32):
+    """Read model.safetensors into the nested dict `e5np.bert` expects, checking every name and shape."""
+    directory = Path(directory)
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        if (directory / "pytorch_model.bin").is_file():
+            raise CheckpointError(
+                f"{path}: file not found. The directory has only pytorch_model.bin, a pickle that e5np will not "
+                "load because unpickling can execute code. Convert it once with transformers: "
+                "AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)")
+        if (directory / "model.safetensors.index.json").is_file():
+            raise CheckpointError(f"{path}: sharded checkpoints (model.safetensors.index.json) are not supported")
+        raise CheckpointError(f"{path}: file not found")
+
+    handle = _open_safetensors(path)
+    expected = expected_shapes(config)
+    stored = {}  # canonical name -> name in the file
+    unexpected = []
+    for name in handle.keys():
+        canonical = name[len(OPTIONAL_PREFIX):] if name.startswith(OPTIONAL_PREFIX) else name
+        if canonical.startswith(IGNORED_PREFIXES) or canonical in IGNORED_NAMES:
+            continue
+        if canonical not in expected:
+            unexpected.append(name)
+        elif canonical in stored:
+            raise CheckpointError(f"{path}: tensor {canonical!r} is stored twice ({stored[canonical]!r} and {name!r})")
+        else:
+            stored[canonical] = name
+    missing = set(expected) - set(stored)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s): {_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s): {_list(unexpected)}")
+        raise CheckpointError(f"{path}: does not match {CONFIG_FILE} "
+                              f"({config.num_hidden_layers} layers, hidden {config.hidden_size}); " + "; ".join(parts))
+
+    tensors = {}
+    for canonical, name in stored.items():
+        shape = tuple(handle.get_slice(name).get_shape())
+        if shape != expected[canonical]:
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {list(shape)}, "
+                                  f"but {CONFIG_FILE} implies {list(expected[canonical])}")
+        tensors[canonical] = _read_tensor(handle, path, name, dtype)
+        if not np.isfinite(tensors[canonical]).all():
+            raise CheckpointError(f"{path}: tensor {name!r} contains NaN or infinite values")
+    return nest(tensors, config)
+
+
+def nest(tensors, config):
+    """Flat transformers names -> the nested dict of `e5np.bert`, linear weights as [in, out]."""
+
+    def linear(prefix):
+        return {"w": np.ascontiguousarray(tensors[prefix + ".weight"].T), "b": tensors[prefix + ".bias"]}
+
+    def norm(prefix):
+        return {"g": tensors[prefix + ".weight"], "b": tensors[prefix + ".bias"]}
+
+    layers = []
+    for i in range(config.num_hidden_layers):
+        p = f"encoder.layer.{i}."
+        layers.append({
+            "attention": {
+                "query": linear(p + "attention.self.query"),
+                "key": linear(p + "attention.self.key"),
+                "value": linear(p + "attention.self.value"),
+                "output": linear(p + "attention.output.dense"),
+            },
+            "attention_norm": norm(p + "attention.output.LayerNorm"),
+            "ffn": {"up": linear(p + "intermediate.dense"), "down": linear(p + "output.dense")},
+            "ffn_norm": norm(p + "output.LayerNorm"),
+        })
+    return {
+        "embeddings": {
+            "word": tensors["embeddings.word_embeddings.weight"],
+            "position": tensors["embeddings.position_embeddings.weight"],
+            "token_type": tensors["embeddings.token_type_embeddings.weight"],
+            "norm": norm("embeddings.LayerNorm"),
+        },
+        "layers": layers,
+    }
+

@@ -1,0 +1,53 @@
+"""Finding a checkpoint: a local directory, or a Hugging Face hub id resolved through huggingface-hub."""
+
+import os
+import re
+from pathlib import Path
+
+# Only what e5np reads; a hub repo also holds pytorch_model.bin, ONNX exports and more that we never fetch.
+NEEDED_FILES = [
+    "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+    "special_tokens_map.json", "modules.json", "1_Pooling/config.json",
+]
+
+
+class ModelNotFoundError(OSError):
+    """The name is neither a checkpoint directory nor a hub id that could be resolved."""
+
+
+# "name" or "owner/name", each part letters, digits, "-", "_", "." and not starting with a symbol
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def resolve(name_or_path, *, revision=None, local_files_only=None, cache_dir=None, token=None):
+    """A directory holding the checkpoint's files.
+
+    A local directory is used as it is. Anything else is a hub id: huggingface-hub finds it in its
+    cache (HF_HOME / HF_HUB_CACHE, or `cache_dir`) or downloads NEEDED_FILES. With HF_HUB_OFFLINE=1
+    or local_files_only=True it only looks in the cache.
+    """
+    name = os.fspath(name_or_path)
+    if os.path.isdir(name):
+        return Path(name)
+    if not HUB_ID.fullmatch(name):
+        raise ModelNotFoundError(f"{name}: no such directory, and not a hub id of the form owner/name")
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    try:
+        directory = snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token,
+                                      local_files_only=bool(local_files_only), allow_patterns=NEEDED_FILES)
+    except HFValidationError as e:
+        raise ModelNotFoundError(f"{name}: no such directory, and not a valid hub id ({e})") from None
+    except LocalEntryNotFoundError:
+        where = "is not in the Hugging Face cache" + (" and downloads are off (HF_HUB_OFFLINE / local_files_only)"
+                                                      if offline else " and the hub could not be reached")
+        raise ModelNotFoundError(
+            f"{name}{'@' + revision if revision else ''} {where}. Download it on a machine with network "
+            f"(huggingface-cli download {name}), or pass a local directory that holds config.json, "
+            "model.safetensors and tokenizer.json.") from None
+    except HfHubHTTPError as e:
+        raise ModelNotFoundError(f"{name}: the hub refused the request ({e})") from None
+    return Path(directory)

@@ -1,0 +1,116 @@
+"""Text -> token ids with Hugging Face `tokenizers`, truncated and padded the way transformers does."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CheckpointError, read_json
+
+TOKENIZER_FILE = "tokenizer.json"
+VOCAB_FILE = "vocab.txt"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# transformers' placeholder for "no limit" in tokenizer_config.json; anything this large means unset
+UNSET_MAX_LENGTH = 10**12
+
+
+@dataclass
+class TokenBatch:
+    """Token ids of several texts, right-padded to the longest."""
+
+    input_ids: np.ndarray       # [B, T] int64
+    attention_mask: np.ndarray  # [B, T] int64, 1 for real tokens, 0 for padding
+    tokens: list                # per text, its token strings (without padding)
+    truncated: np.ndarray       # [B] bool, True where the text lost tokens to max_length
+
+    @property
+    def lengths(self):
+        return self.attention_mask.sum(axis=1)
+
+
+def model_max_length(directory, max_position_embeddings):
+    """The longest input the model takes: tokenizer_config's model_max_length, capped by the positions."""
+    path = Path(directory) / TOKENIZER_CONFIG_FILE
+    limit = max_position_embeddings
+    if path.is_file():
+        declared = read_json(path).get("model_max_length")
+        if isinstance(declared, int) and 0 < declared < UNSET_MAX_LENGTH:
+            limit = min(limit, declared)
+    return limit
+
+
+def build_wordpiece(directory):
+    """A BERT WordPiece tokenizer from vocab.txt and tokenizer_config.json (no tokenizer.json present)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    directory = Path(directory)
+    settings = {}
+    if (directory / TOKENIZER_CONFIG_FILE).is_file():
+        settings = read_json(directory / TOKENIZER_CONFIG_FILE)
+    vocab_path = directory / VOCAB_FILE
+    try:
+        vocab = {}
+        with open(vocab_path, encoding="utf-8") as f:
+            for line in f:
+                vocab.setdefault(line.rstrip("\n"), len(vocab))
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{vocab_path}: not readable ({e})") from None
+    cls, sep = settings.get("cls_token", "[CLS]"), settings.get("sep_token", "[SEP]")
+    unk = settings.get("unk_token", "[UNK]")
+    for token in (cls, sep, unk):
+        if token not in vocab:
+            raise CheckpointError(f"{vocab_path}: special token {token!r} is not in the vocabulary")
+
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=settings.get("tokenize_chinese_chars", True),
+        strip_accents=settings.get("strip_accents"),
+        lowercase=settings.get("do_lower_case", True),
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])])
+    tokenizer.add_special_tokens([t for t in (settings.get("pad_token", "[PAD]"), settings.get("mask_token", "[MASK]"))
+                                  if t in vocab] + [cls, sep, unk])
+    return tokenizer
+
+
+def load_tokenizer(directory, max_length):
+    """The checkpoint's tokenizer, set to truncate at max_length and not to pad (we pad per batch)."""
+    from tokenizers import Tokenizer
+
+    path = Path(directory) / TOKENIZER_FILE
+    if path.is_file():
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # the Rust side raises plain Exception for every parse error
+            raise CheckpointError(f"{path}: not a valid tokenizers file ({e})") from None
+    elif (Path(directory) / VOCAB_FILE).is_file():
+        tokenizer = build_wordpiece(directory)
+    else:
+        raise CheckpointError(f"{directory}: no tokenizer found (expected {TOKENIZER_FILE}, or {VOCAB_FILE} "
+                              f"with {TOKENIZER_CONFIG_FILE})")
+    # A tokenizer.json may carry its own padding/truncation (all-MiniLM-L6-v2 pads every text to 128);
+    # transformers overrides both per call, and so do we.
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    return tokenizer
+
+
+def pad(encodings, pad_id=0):
+    """Tokenized texts (tokenizers Encodings) -> a TokenBatch right-padded to the longest."""
+    T = max((len(e.ids) for e in encodings), default=0)
+    input_ids = np.full((len(encodings), T), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(encodings), T), dtype=np.int64)
+    for i, e in enumerate(encodings):
+        input_ids[i, :len(e.ids)] = e.ids
+        attention_mask[i, :len(e.ids)] = 1
+    truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
+    return TokenBatch(input_ids, attention_mask, [e.tokens for e in encodings], truncated)
+
+
+def tokenize(tokenizer, texts):
+    """Texts -> a TokenBatch padded to its longest text."""
+    return pad(tokenizer.encode_batch(list(texts)))

@@ -1,0 +1,134 @@
+"""The public API: shapes, prefixes, types, truncation reporting, and the forward() inspection object."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+import e5np
+from tests.corpus import LONG_TEXT
+
+
+@pytest.fixture(scope="module")
+def tiny(load_model):
+    return load_model("tiny")
+
+
+def test_single_str_gives_a_vector_list_gives_a_matrix(minilm):
+    v = minilm.encode("query: hello")
+    m = minilm.encode(["query: hello", "passage: world"])
+    assert v.shape == (384,) and m.shape == (2, 384) and m.dtype == np.float32
+    np.testing.assert_array_equal(v, m[0])
+    np.testing.assert_allclose(np.linalg.norm(m, axis=1), 1, atol=1e-6)
+
+
+def test_empty_list_gives_zero_rows(minilm):
+    out = minilm.encode([])
+    assert out.shape == (0, 384) and out.dtype == np.float32
+
+
+def test_tuples_and_generators_are_accepted(tiny):
+    texts = ["a b", "c d e"]
+    expected = tiny.encode(texts)
+    np.testing.assert_array_equal(tiny.encode(tuple(texts)), expected)
+    np.testing.assert_array_equal(tiny.encode(t for t in texts), expected)
+    np.testing.assert_array_equal(tiny.encode(np.array(texts)), expected)
+
+
+def test_prefix_helpers_add_e5_prefixes(minilm):
+    q = "how much protein should a female eat"
+    np.testing.assert_array_equal(minilm.encode_queries([q]), minilm.encode(["query: " + q]))
+    np.testing.assert_array_equal(minilm.encode_passages(q), minilm.encode("passage: " + q))
+    assert minilm.encode_queries(q).shape == (384,)
+    assert not np.allclose(minilm.encode_queries(q), minilm.encode_passages(q))
+
+
+def test_normalize_false_returns_the_mean_pooled_vector(minilm):
+    texts = ["first text", "a second, longer text with more tokens"]
+    raw = minilm.encode(texts, normalize=False)
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1)
+    forward = minilm.forward(texts)
+    assert np.abs(raw - forward.pooled).max() <= 1e-6
+    np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), minilm.encode(texts), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([None], r"texts\[0\] is NoneType, expected str"),
+    (["ok", b"bytes"], r"texts\[1\] is bytes, expected str"),
+    (["ok", "fine", 3], r"texts\[2\] is int, expected str"),
+    ([["nested"]], r"texts\[0\] is list, expected str"),
+    (b"raw bytes", r"got bytes; decode it first"),
+    (42, r"got int"),
+    (None, r"got NoneType"),
+])
+def test_wrong_types_name_the_item(tiny, bad, message):
+    with pytest.raises(TypeError, match=message):
+        tiny.encode(bad)
+
+
+def test_bad_arguments_are_rejected(tiny):
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny.encode(["x"], batch_size=0)
+    with pytest.raises(ValueError, match="truncation"):
+        tiny.encode(["x"], truncation="sometimes")
+    with pytest.raises(ValueError, match="dtype"):
+        e5np.load(tiny.name, dtype="float16")
+    with pytest.raises(ValueError, match="max_length"):
+        e5np.load(tiny.name, max_length=10_000)
+
+
+def test_truncation_is_reported(minilm):
+    texts = ["short", LONG_TEXT, "also short", LONG_TEXT + " more"]
+    with pytest.warns(e5np.TruncationWarning, match=r"2 of 4 text\(s\) exceed max_length=512 tokens.*\[1, 3\]"):
+        minilm.encode(texts)
+    with pytest.raises(ValueError, match=r"indices \[1, 3\]"):
+        minilm.encode(texts, truncation="error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        minilm.encode(texts, truncation="ignore")
+        minilm.encode(["short"])
+    batch = minilm.tokenize(texts)
+    assert batch.truncated.tolist() == [False, True, False, True]
+    assert batch.lengths.tolist()[1] == 512
+
+
+def test_truncation_keeps_the_first_max_length_tokens(minilm):
+    """A truncated text embeds as its first 511 tokens + [SEP]: text beyond 512 tokens has no effect."""
+    a = minilm.encode(LONG_TEXT, truncation="ignore")
+    b = minilm.encode(LONG_TEXT + " completely different ending about volcanoes", truncation="ignore")
+    assert np.abs(a - b).max() <= 1e-6
+
+
+def test_max_length_can_be_lowered(checkpoint_dirs):
+    short = e5np.load(checkpoint_dirs["minilm"], max_length=16)
+    batch = short.tokenize(["one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"])
+    assert batch.lengths.tolist() == [16] and batch.tokens[0][-1] == "[SEP]"
+
+
+def test_forward_exposes_tokens_layers_and_attention(minilm):
+    texts = ["query: hello world", "a"]
+    f = minilm.forward(texts, output_attentions=True)
+    assert f.tokens[0] == ["[CLS]", "query", ":", "hello", "world", "[SEP]"]
+    assert f.input_ids.shape == f.attention_mask.shape == (2, 6)
+    assert len(f.hidden_states) == 7 and f.hidden_states[0].shape == (2, 6, 384)
+    assert len(f.attentions) == 6 and f.attentions[0].shape == (2, 12, 6, 6)
+    np.testing.assert_allclose(f.attentions[3].sum(-1), 1, atol=1e-5)
+    assert (f.attentions[0][1, :, :, 3:] == 0).all()  # "a" is 3 tokens: padding gets no attention
+    assert np.abs(f.embeddings - minilm.encode(texts)).max() <= 1e-6
+    assert minilm.forward(texts).attentions is None
+
+
+def test_float64_model_runs_in_float64(checkpoint_dirs):
+    m = e5np.load(checkpoint_dirs["tiny"], dtype="float64")
+    assert m.encode(["x"]).dtype == np.float64 and m.params["layers"][0]["ffn"]["up"]["w"].dtype == np.float64
+    assert "float64" in repr(m)
+
+
+def test_import_does_not_touch_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, e5np; heavy = [m for m in ('torch', 'transformers', 'scipy', 'sentence_transformers') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,68 @@
+"""`e5np embed` end to end, in a subprocess, as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import e5np
+from tests.checkpoints import TINY_DIR
+
+
+def e5np_cli(*args, stdin=""):
+    return subprocess.run([sys.executable, "-m", "e5np", *map(str, args)], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return e5np.load(TINY_DIR)
+
+
+def test_embed_arguments_to_stdout(tiny):
+    result = e5np_cli("embed", "--model", TINY_DIR, "hello world", "the cat")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    np.testing.assert_allclose(rows, tiny.encode(["hello world", "the cat"]), atol=1e-7)
+
+
+def test_embed_query_prefix_and_npy_output(tiny, tmp_path):
+    out = tmp_path / "q.npy"
+    result = e5np_cli("embed", "-m", TINY_DIR, "--query", "hello", "-o", out)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(out), tiny.encode_queries(["hello"]))
+
+
+def test_embed_stdin_and_file_with_jsonl_output(tiny, tmp_path):
+    texts = ["first line", "second line", "dritte Zeile ü"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n\n", encoding="utf-8")
+    for args, stdin in ((["--input", tmp_path / "in.txt"], ""), ([], "\n".join(texts))):
+        out = tmp_path / "out.jsonl"
+        result = e5np_cli("embed", "-m", TINY_DIR, "--passage", *args, "-o", out, stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        assert [r["text"] for r in rows] == texts
+        np.testing.assert_allclose([r["embedding"] for r in rows], tiny.encode_passages(texts), atol=1e-7)
+
+
+def test_embed_reports_truncation_on_stderr(tmp_path):
+    result = e5np_cli("embed", "-m", TINY_DIR, "short", "word " * 300, "-o", tmp_path / "x.npy")
+    assert result.returncode == 0
+    assert "1 of 2 text(s) exceed max_length=128 tokens and were truncated: indices [1]" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["embed", "-m", "/no/such/dir", "x"], "no such directory"),
+    (["embed", "-m", TINY_DIR, "--input", "/no/such/file.txt"], "cannot read /no/such/file.txt"),
+    (["embed", "-m", TINY_DIR, "x", "-o", "out.csv"], "use a .npy or .jsonl file"),
+])
+def test_errors_are_one_line_with_status_2(args, message):
+    result = e5np_cli(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help():
+    result = e5np_cli("embed", "--help")
+    assert result.returncode == 0 and "--query" in result.stdout and "--output" in result.stdout

@@ -1,0 +1,101 @@
+"""Hub ids resolve through huggingface-hub's cache, offline, exactly as a user's machine would.
+
+Each case runs in a fresh interpreter: huggingface-hub reads HF_HUB_OFFLINE and HF_HUB_CACHE at import.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import e5np
+
+REPO = "intfloat/e5-small"
+COMMIT = "a" * 40
+TEXTS = ["query: how much protein should a female eat", "passage: hello"]
+
+
+def lay_out_cache(cache, source, repo=REPO, commit=COMMIT):
+    """huggingface-hub's cache layout: blobs/<hash>, snapshots/<commit>/<file> -> blob, refs/main = commit."""
+    root = Path(cache) / ("models--" + repo.replace("/", "--"))
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    for path in Path(source).rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.parent.mkdir(exist_ok=True)
+            blob.write_bytes(data)
+            link = root / "snapshots" / commit / path.relative_to(source)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+    return root
+
+
+def run_load(cache, out, offline=True, extra_env=None, **load_kwargs):
+    code = (
+        "import sys, json, numpy as np, e5np\n"
+        f"model = e5np.load({REPO!r}, **json.loads(sys.argv[2]))\n"
+        f"np.save(sys.argv[1], model.encode({TEXTS!r}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_CACHE=str(cache), HF_HOME=str(Path(cache).parent / "hf-home"), **(extra_env or {}))
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.run([sys.executable, "-c", code, str(out), json.dumps(load_kwargs)],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, e5_shaped_dir):
+    cache = tmp_path_factory.mktemp("hf") / "hub"
+    lay_out_cache(cache, e5_shaped_dir)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def direct_vectors(load_model):
+    return load_model("e5-shaped").encode(TEXTS)
+
+
+def test_offline_hub_id_resolves_from_cache(cache, direct_vectors, tmp_path):
+    result = run_load(cache, tmp_path / "v.npy")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), direct_vectors)
+
+
+def test_revision_and_local_files_only(cache, direct_vectors, tmp_path):
+    result = run_load(cache, tmp_path / "v.npy", offline=False, revision=COMMIT, local_files_only=True)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), direct_vectors)
+
+
+def test_uncached_model_offline_fails_clearly(tmp_path):
+    result = run_load(tmp_path / "empty-cache", tmp_path / "v.npy")
+    assert result.returncode != 0
+    assert "ModelNotFoundError" in result.stderr
+    assert "intfloat/e5-small is not in the Hugging Face cache and downloads are off" in result.stderr
+
+
+def test_unknown_revision_offline_fails_clearly(cache, tmp_path):
+    result = run_load(cache, tmp_path / "v.npy", revision="v9.9")
+    assert result.returncode != 0 and "intfloat/e5-small@v9.9 is not in the Hugging Face cache" in result.stderr
+
+
+def test_unreachable_hub_fails_fast_and_clearly(tmp_path):
+    """Online mode with the hub unreachable (a closed local port): an error, not a hang."""
+    result = run_load(tmp_path / "empty-cache", tmp_path / "v.npy", offline=False,
+                      extra_env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_ETAG_TIMEOUT": "5"})
+    assert result.returncode != 0
+    assert "could not be reached" in result.stderr and "pass a local directory" in result.stderr
+
+
+def test_invalid_hub_id():
+    for name in ("not a//valid id!", "./relative/dir", "a/b/c", "-leading-dash"):
+        with pytest.raises(e5np.ModelNotFoundError, match="no such directory, and not a hub id"):
+            e5np.load(name)

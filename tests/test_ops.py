@@ -1,0 +1,160 @@
+"""The building blocks of e5np.bert against float64 references written out independently here."""
+
+import math
+
+import numpy as np
+import pytest
+
+from e5np import bert
+
+rng = np.random.RandomState(0)
+
+
+def erf_reference(x):
+    return np.array([math.erf(v) for v in np.asarray(x, dtype=np.float64).ravel()]).reshape(np.shape(x))
+
+
+def test_erf_float32_within_three_ulps_everywhere():
+    x = np.concatenate([np.linspace(-8, 8, 400_001), np.geomspace(1e-38, 1, 2000), -np.geomspace(1e-38, 1, 2000),
+                        [0.0, 1.0, -1.0, 4.0, -4.0, 3.9999998, 1e30, -1e30]]).astype(np.float32)
+    got = bert.erf(x).astype(np.float64)
+    want = erf_reference(x)
+    error = np.abs(got - want)
+    assert error.max() <= 2e-7
+    ulps = error / np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 3
+    assert bert.erf(x).dtype == np.float32
+
+
+def test_erf_odd_and_saturating():
+    x = np.linspace(0, 10, 10001, dtype=np.float32)
+    np.testing.assert_array_equal(bert.erf(-x), -bert.erf(x))
+    assert (bert.erf(np.float32([4, 5, 100, np.inf])) == 1).all()
+    assert np.isnan(bert.erf(np.float32([np.nan]))).all()
+
+
+def test_erf_float64_is_the_c_library_erf():
+    x = np.concatenate([rng.standard_normal(10_000) * 3, [0.0, 1e-300, 6.0, -27.0]])
+    np.testing.assert_array_equal(bert.erf(x), erf_reference(x))
+
+
+def test_gelu_matches_float64_definition():
+    x = (rng.standard_normal(100_000) * 4).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = x64 * 0.5 * (1 + erf_reference(x64 / math.sqrt(2)))
+    got = bert.gelu(x)
+    assert got.dtype == np.float32
+    error_in_ulps_of_x = np.abs(got - want) / np.spacing(np.abs(x))
+    assert error_in_ulps_of_x.max() <= 2
+
+
+def test_layer_norm_matches_float64():
+    x = (rng.standard_normal((3, 5, 384)) * 3 + 1).astype(np.float32)
+    g, b = rng.standard_normal(384).astype(np.float32), rng.standard_normal(384).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-12) * g + b
+    got = bert.layer_norm(x, g, b, eps=1e-12)
+    assert got.dtype == np.float32 and np.abs(got - want).max() <= 5e-6
+
+
+def test_layer_norm_eps_matters_for_constant_rows():
+    x = np.full((1, 1, 8), 3.0, dtype=np.float32)
+    out = bert.layer_norm(x, np.ones(8, np.float32), np.zeros(8, np.float32), eps=1e-12)
+    assert np.isfinite(out).all() and (out == 0).all()
+
+
+def test_softmax_matches_float64_and_survives_huge_logits():
+    x = (rng.standard_normal((4, 7, 33)) * 30).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = np.exp(x64 - x64.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    assert np.abs(bert.softmax(x) - want).max() <= 1e-6
+    big = np.float32([[1e30, 0.0, np.finfo(np.float32).min]])
+    np.testing.assert_allclose(bert.softmax(big), [[1, 0, 0]])
+
+
+def small_params(H=16, F=24, L=2, V=50, P=20, seed=1):
+    r = np.random.RandomState(seed)
+
+    def lin(i, o):
+        return {"w": (r.standard_normal((i, o)) * 0.3).astype(np.float32), "b": (r.standard_normal(o) * 0.1).astype(np.float32)}
+
+    def norm():
+        return {"g": (1 + 0.1 * r.standard_normal(H)).astype(np.float32), "b": (0.1 * r.standard_normal(H)).astype(np.float32)}
+
+    return {
+        "embeddings": {"word": r.standard_normal((V, H)).astype(np.float32),
+                       "position": r.standard_normal((P, H)).astype(np.float32),
+                       "token_type": r.standard_normal((2, H)).astype(np.float32), "norm": norm()},
+        "layers": [{"attention": {"query": lin(H, H), "key": lin(H, H), "value": lin(H, H), "output": lin(H, H)},
+                    "attention_norm": norm(), "ffn": {"up": lin(H, F), "down": lin(F, H)}, "ffn_norm": norm()}
+                   for _ in range(L)],
+    }
+
+
+def attention_float64(x, layer, n_heads, mask):
+    """Self-attention of one unpadded text, loop over heads, float64: the textbook formula."""
+    a = {k: {n: v.astype(np.float64) for n, v in p.items()} for k, p in layer["attention"].items()}
+    T, H = x.shape
+    D = H // n_heads
+    q, k, v = (x @ a[n]["w"] + a[n]["b"] for n in ("query", "key", "value"))
+    heads = []
+    for h in range(n_heads):
+        s = slice(h * D, (h + 1) * D)
+        scores = q[:, s] @ k[:, s].T / math.sqrt(D)
+        scores[:, mask == 0] = -np.inf
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        heads.append((p / p.sum(-1, keepdims=True)) @ v[:, s])
+    return np.concatenate(heads, axis=1) @ a["output"]["w"] + a["output"]["b"]
+
+
+def test_self_attention_matches_per_head_float64_loop():
+    params = small_params()
+    x = np.random.RandomState(2).standard_normal((1, 6, 16)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 1, 0, 0]])
+    got, probs = bert.self_attention(x, bert.attention_bias(mask, np.float32), **params["layers"][0]["attention"],
+                                     n_heads=4)
+    want = attention_float64(x[0].astype(np.float64), params["layers"][0], 4, mask[0])
+    assert np.abs(got[0, :4] - want[:4]).max() <= 1e-5
+    assert (probs[..., 4:] == 0).all()                        # padding keys get no weight
+    np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-6)
+
+
+def test_padding_does_not_change_real_tokens():
+    params = small_params()
+    ids = np.array([[2, 7, 9, 11, 3]])
+    alone, _, _ = bert.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12)
+    padded_ids = np.array([[2, 7, 9, 11, 3, 0, 0, 0], [2, 5, 5, 5, 5, 5, 5, 3]])
+    mask = np.array([[1, 1, 1, 1, 1, 0, 0, 0], [1] * 8])
+    padded, _, _ = bert.encode(padded_ids, mask, params, n_heads=4, eps=1e-12)
+    assert np.abs(padded[0, :5] - alone[0]).max() <= 1e-5
+
+
+def test_encode_keeps_every_layer_when_asked():
+    params = small_params()
+    ids = np.array([[2, 7, 9, 3]])
+    last, hidden, attentions = bert.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12,
+                                           keep_hidden=True, keep_attention=True)
+    assert len(hidden) == 3 and len(attentions) == 2
+    assert hidden[-1] is last and attentions[0].shape == (1, 4, 4, 4)
+    assert bert.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12)[1:] == (None, None)
+
+
+def test_mean_pool_ignores_padding_and_l2_normalize_handles_zero():
+    hidden = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(bert.mean_pool(hidden, mask), [hidden[0, :2].mean(0), hidden[1].mean(0)])
+    out = bert.l2_normalize(np.array([[3, 4], [0, 0]], dtype=np.float32))
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0, 0]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ops_keep_dtype(dtype):
+    params = small_params()
+    params = {"embeddings": {k: (v.astype(dtype) if isinstance(v, np.ndarray) else {n: a.astype(dtype) for n, a in v.items()})
+                             for k, v in params["embeddings"].items()},
+              "layers": [{k: {n: ({m: a.astype(dtype) for m, a in p.items()} if isinstance(p, dict) else p.astype(dtype))
+                              for n, p in v.items()} for k, v in layer.items()} for layer in params["layers"]]}
+    ids = np.array([[2, 7, 9, 3]])
+    last, _, _ = bert.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12)
+    assert last.dtype == dtype

@@ -1,0 +1,61 @@
+"""Golden tests: e5np against vectors transformers computed (tools/make_references.py), no torch needed."""
+
+import numpy as np
+import pytest
+
+from tests.conftest import CHECKPOINTS, load_reference
+from tests.corpus import PARITY_TEXTS
+
+
+@pytest.fixture(scope="module", params=CHECKPOINTS)
+def case(request, load_model):
+    return request.param, load_model(request.param), load_reference(request.param)
+
+
+def test_reference_is_current(case):
+    _, _, ref = case
+    assert ref["texts"] == PARITY_TEXTS, "tests/corpus.py changed; rerun tools/make_references.py"
+
+
+def test_token_ids_match_transformers(case):
+    _, model, ref = case
+    batch = model.tokenize(ref["texts"])
+    np.testing.assert_array_equal(batch.input_ids, ref["input_ids"])
+    assert model.max_length == ref["max_length"]
+
+
+def test_embeddings_match_transformers(case):
+    _, model, ref = case
+    vectors = model.encode(ref["texts"], truncation="ignore")
+    assert vectors.dtype == np.float32 and vectors.shape == ref["embeddings"].shape
+    assert np.abs(vectors - ref["embeddings"]).max() <= 1e-6
+
+
+def test_last_hidden_state_matches_transformers(case):
+    _, model, ref = case
+    hidden = model.forward(ref["texts"]).last_hidden_state
+    rows = ref["hidden_index"]
+    assert np.abs(hidden[rows[:, 0], rows[:, 1]] - ref["hidden"]).max() <= 1e-5
+
+
+def test_every_layer_matches_transformers(case):
+    _, model, ref = case
+    forward = model.forward([ref["texts"][ref["layers_text"]]])
+    assert len(forward.hidden_states) == len(ref["layers"]) == model.config.num_hidden_layers + 1
+    for layer, (ours, theirs) in enumerate(zip(forward.hidden_states, ref["layers"])):
+        assert np.abs(ours[0] - theirs).max() <= 1e-5, f"layer {layer}"
+
+
+def test_float64_mode_matches_transformers_float64(case, load_model):
+    name, _, ref = case
+    vectors = load_model(name, dtype="float64").encode(ref["texts"], truncation="ignore")
+    assert vectors.dtype == np.float64
+    assert np.abs(vectors - ref["embeddings_f64"]).max() <= 1e-10
+
+
+def test_float32_is_as_close_to_float64_truth_as_transformers(case):
+    """e5np-float32 should sit as near the float64 ground truth as transformers-float32 does."""
+    _, model, ref = case
+    ours = np.abs(model.encode(ref["texts"], truncation="ignore") - ref["embeddings_f64"]).max()
+    theirs = np.abs(ref["embeddings"] - ref["embeddings_f64"]).max()
+    assert ours <= max(2 * theirs, 5e-7), (ours, theirs)

@@ -1,0 +1,90 @@
+"""Write the golden reference vectors the default (torch-free) test tier compares against.
+
+For each test checkpoint (see tests/checkpoints.py) this runs Hugging Face transformers - BertModel
+with eager attention, fp32, max_length=512 (the model's limit), padding=True, truncation=True - then
+E5's average_pool and F.normalize, and saves tests/references/<name>.npz with:
+
+  texts             the input texts (UTF-8 JSON)
+  input_ids         [n, T] the token ids transformers' tokenizer produced (0-padded)
+  embeddings        [n, H] float32 normalized embeddings
+  embeddings_f64    [n, H] the same computed by transformers in float64
+  hidden_index      [m, 2] (text, position) of the sampled last-hidden-state rows below
+  hidden            [m, H] float32 last hidden state at those rows (every real token of texts of
+                    <= 16 tokens, every 4th token of longer ones, to keep the file small)
+  layers_text       the index of one text whose every layer is kept
+  layers            [L + 1, T, H] that text's embedding output and each layer's output
+  versions          JSON: torch, transformers, numpy versions; weights digest for generated checkpoints
+
+Usage:  python tools/make_references.py [--rebuild-tiny] [tiny minilm e5-shaped]
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from e5np.parity import transformers_forward  # noqa: E402
+from tests.checkpoints import REFERENCES, TINY_DIR, make_e5_shaped, make_tiny, minilm_dir  # noqa: E402
+from tests.corpus import PARITY_TEXTS  # noqa: E402
+
+LAYERS_TEXT = 4  # the E5 model card's query
+
+
+def sample_positions(length):
+    return np.arange(length) if length <= 16 else np.arange(0, length, 4)
+
+
+def reference_arrays(directory, texts, max_length, extra_versions=None):
+    ref = transformers_forward(directory, texts, max_length=max_length)
+    ref64 = transformers_forward(directory, texts, max_length=max_length, dtype="float64")
+    lengths = ref.attention_mask.sum(axis=1)
+    index = np.array([(i, t) for i in range(len(texts)) for t in sample_positions(lengths[i])], dtype=np.int32)
+    last = ref.hidden_states[-1]
+    versions = dict(ref.versions, numpy=np.__version__, **(extra_versions or {}))
+    return {
+        "texts": np.frombuffer(json.dumps(texts).encode("utf-8"), dtype=np.uint8),
+        "input_ids": ref.input_ids.astype(np.int32),
+        "embeddings": ref.embeddings.astype(np.float32),
+        "embeddings_f64": ref64.embeddings,
+        "hidden_index": index,
+        "hidden": last[index[:, 0], index[:, 1]],
+        "layers_text": np.int32(LAYERS_TEXT),
+        "layers": np.stack([h[LAYERS_TEXT, :lengths[LAYERS_TEXT]] for h in ref.hidden_states]),
+        "max_length": np.int32(max_length),
+        "versions": np.frombuffer(json.dumps(versions).encode(), dtype=np.uint8),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", default=["tiny", "minilm", "e5-shaped"])
+    parser.add_argument("--rebuild-tiny", action="store_true", help="regenerate tests/fixtures/tiny-bert first")
+    args = parser.parse_args()
+    if args.rebuild_tiny:
+        make_tiny()
+    REFERENCES.mkdir(exist_ok=True)
+    for name in args.names:
+        with tempfile.TemporaryDirectory() as tmp:
+            extra = {}
+            if name == "tiny":
+                directory, max_length = TINY_DIR, 128
+            elif name == "minilm":
+                directory, max_length = minilm_dir(), 512
+            elif name == "e5-shaped":
+                directory, digest = make_e5_shaped(Path(tmp) / "e5-shaped")
+                max_length, extra = 512, {"weights_sha256": digest}
+            else:
+                parser.error(f"unknown checkpoint {name!r}")
+            arrays = reference_arrays(directory, PARITY_TEXTS, max_length, extra)
+        out = REFERENCES / f"{name}.npz"
+        np.savez_compressed(out, **arrays)
+        print(f"{out}: {len(PARITY_TEXTS)} texts, {out.stat().st_size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()
