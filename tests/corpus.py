@@ -1,5 +1,7 @@
 """The texts every parity test runs: chosen to reach the corners of tokenization and batching."""
 
+# 100,000 characters of varied words (deterministic), one single text
+HUGE_TEXT = " ".join(f"w{(i * 7919) % 9973}x" for i in range(20_000))[:100_000]
 LONG_TEXT = " ".join(f"Sentence number {i} talks about embeddings, tokens and attention." for i in range(120))
 
 PARITY_TEXTS = [
@@ -24,4 +26,5 @@ PARITY_TEXTS = [
     "the dog lay on the rug",
     "the cat sat on the mat",                                # an exact duplicate
     LONG_TEXT,                                               # > 512 tokens: truncated
+    HUGE_TEXT,                                               # a single 100,000-character text
 ]

@@ -220,3 +220,19 @@ def test_preset_padding_in_tokenizer_json_is_overridden(minilm, checkpoint_dirs)
     batch = minilm.tokenize(["hello", "hello world again"])
     assert batch.input_ids.shape == (2, 5) and batch.lengths.tolist() == [3, 5]
     assert minilm.max_length == 512
+
+
+def test_corrupt_tokenizer_json(ckpt):
+    (ckpt / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "NotAModel"}}')
+    expect_error(ckpt, str(ckpt / "tokenizer.json"), "not a valid tokenizers file")
+
+
+def test_vocab_without_special_tokens(ckpt):
+    (ckpt / "tokenizer.json").unlink()
+    (ckpt / "vocab.txt").write_text("a\nb\nc\n")
+    expect_error(ckpt, "vocab.txt", "'[CLS]' is not in the vocabulary")
+
+
+def test_config_not_an_object(ckpt):
+    (ckpt / "config.json").write_text("[1, 2, 3]")
+    expect_error(ckpt, "config.json", "expected a JSON object")

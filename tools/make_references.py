@@ -10,7 +10,7 @@ E5's average_pool and F.normalize, and saves tests/references/<name>.npz with:
   embeddings_f64    [n, H] the same computed by transformers in float64
   hidden_index      [m, 2] (text, position) of the sampled last-hidden-state rows below
   hidden            [m, H] float32 last hidden state at those rows (every real token of texts of
-                    <= 16 tokens, every 4th token of longer ones, to keep the file small)
+                    <= 16 tokens, every 4th up to 128 tokens, every 16th beyond, to keep the file small)
   layers_text       the index of one text whose every layer is kept
   layers            [L + 1, T, H] that text's embedding output and each layer's output
   versions          JSON: torch, transformers, numpy versions; weights digest for generated checkpoints
@@ -36,7 +36,8 @@ LAYERS_TEXT = 4  # the E5 model card's query
 
 
 def sample_positions(length):
-    return np.arange(length) if length <= 16 else np.arange(0, length, 4)
+    step = 1 if length <= 16 else 4 if length <= 128 else 16
+    return np.arange(0, length, step)
 
 
 def reference_arrays(directory, texts, max_length, extra_versions=None):
