@@ -17,8 +17,13 @@ CONFIG_FILE = "config.json"
 # Tensors a checkpoint may carry that the encoder does not use: the [CLS] pooler head of
 # BertModel and the position-id buffer that older transformers versions saved.
 IGNORED_PREFIXES = ("pooler.",)
-IGNORED_NAMES = ("embeddings.position_ids",)
-OPTIONAL_PREFIX = "bert."  # BertFor*/pretraining checkpoints nest the encoder under "bert."
+IGNORED_NAMES = ("embeddings.position_ids", "embeddings.token_type_ids")
+OPTIONAL_PREFIXES = ("bert.", "roberta.")  # *For* task checkpoints nest the encoder under these
+
+# Architectures that are BERT encoders with different bookkeeping. RoBERTa and XLM-RoBERTa
+# (multilingual-e5) number positions from pad_token_id + 1, so their position table is
+# pad_token_id + 1 rows longer than the longest input.
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 
 SUPPORTED_ACTIVATIONS = ("gelu",)  # transformers' "gelu" is the exact erf form
 
@@ -37,10 +42,17 @@ class BertConfig:
     max_position_embeddings: int
     type_vocab_size: int
     layer_norm_eps: float
+    model_type: str = "bert"
+    position_offset: int = 0  # index of the first token's position embedding
+    pad_token_id: int = 0
 
     @property
     def head_size(self):
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def max_tokens(self):
+        return self.max_position_embeddings - self.position_offset
 
     @classmethod
     def from_dict(cls, d, source=CONFIG_FILE):
@@ -48,8 +60,9 @@ class BertConfig:
             return CheckpointError(f"{source}: {message}")
 
         model_type = d.get("model_type", "bert")
-        if model_type != "bert":
-            raise problem(f"model_type {model_type!r} is not supported; e5np runs BERT encoders (model_type 'bert')")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise problem(f"model_type {model_type!r} is not supported; e5np runs BERT-family encoders "
+                          f"({', '.join(SUPPORTED_MODEL_TYPES)})")
         activation = d.get("hidden_act", "gelu")
         if activation not in SUPPORTED_ACTIVATIONS:
             raise problem(f"hidden_act {activation!r} is not supported; e5np implements {SUPPORTED_ACTIVATIONS}")
@@ -73,7 +86,14 @@ class BertConfig:
         eps = d.get("layer_norm_eps", 1e-12)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
             raise problem(f"layer_norm_eps must be a small positive number, got {eps!r}")
-        return cls(**sizes, layer_norm_eps=float(eps))
+        pad = d.get("pad_token_id", 1 if model_type in ("roberta", "xlm-roberta") else 0)
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < sizes["vocab_size"]:
+            raise problem(f"pad_token_id must be a token id below vocab_size, got {pad!r}")
+        offset = pad + 1 if model_type in ("roberta", "xlm-roberta") else 0
+        if offset >= sizes["max_position_embeddings"] - 1:
+            raise problem(f"max_position_embeddings {sizes['max_position_embeddings']} leaves no room past "
+                          f"pad_token_id {pad} for {model_type} positions")
+        return cls(**sizes, layer_norm_eps=float(eps), model_type=model_type, position_offset=offset, pad_token_id=pad)
 
 
 def read_json(path):
@@ -188,7 +208,7 @@ def load_weights(directory, config, dtype=np.float32):
     stored = {}  # canonical name -> name in the file
     unexpected = []
     for name in handle.keys():
-        canonical = name[len(OPTIONAL_PREFIX):] if name.startswith(OPTIONAL_PREFIX) else name
+        canonical = next((name[len(p):] for p in OPTIONAL_PREFIXES if name.startswith(p)), name)
         if canonical.startswith(IGNORED_PREFIXES) or canonical in IGNORED_NAMES:
             continue
         if canonical not in expected:
@@ -252,3 +272,63 @@ def nest(tensors, config):
         "layers": layers,
     }
 
+
+
+# --- sentence-transformers layout ----------------------------------------------------------------
+ST_MODULES = "modules.json"
+ST_POOLING_MODES = {  # 1_Pooling/config.json flag -> e5np.bert.POOLINGS key
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+}
+ST_UNSUPPORTED_MODES = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+
+
+def load_sentence_transformers_head(directory):
+    """(pooling, normalize) from a sentence-transformers modules.json, or None if there is none.
+
+    Supported pipelines: Transformer -> Pooling (one of mean, cls, max, mean_sqrt_len) -> optional Normalize.
+    """
+    directory = Path(directory)
+    path = directory / ST_MODULES
+    if not path.is_file():
+        return None
+    modules = read_json(path)
+    if not isinstance(modules, list):
+        raise CheckpointError(f"{path}: expected a JSON list of modules")
+    pooling, normalize = None, False
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1] if isinstance(module, dict) else ""
+        if kind == "Transformer":
+            continue
+        if kind == "Normalize":
+            normalize = True
+        elif kind == "Pooling":
+            pooling = _read_pooling(directory / module.get("path", "1_Pooling") / CONFIG_FILE)
+        else:
+            raise CheckpointError(f"{path}: module {module!r} is not supported "
+                                  "(e5np runs Transformer -> Pooling -> Normalize)")
+    if pooling is None:
+        raise CheckpointError(f"{path}: no Pooling module")
+    return pooling, normalize
+
+
+def _read_pooling(path):
+    settings = read_json(path)
+    chosen = [mode for flag, mode in ST_POOLING_MODES.items() if settings.get(flag)]
+    unsupported = [flag for flag in ST_UNSUPPORTED_MODES if settings.get(flag)]
+    if unsupported or len(chosen) != 1:
+        raise CheckpointError(f"{path}: e5np supports exactly one of {sorted(ST_POOLING_MODES)}; "
+                              f"this sets {sorted(unsupported + [k for k, v in ST_POOLING_MODES.items() if v in chosen])}")
+    return chosen[0]
+
+
+def load_prompts(directory):
+    """Query/passage prompts declared in config_sentence_transformers.json, if any."""
+    path = Path(directory) / "config_sentence_transformers.json"
+    prompts = read_json(path).get("prompts") if path.is_file() else None
+    if not isinstance(prompts, dict):
+        return {}
+    found = {"query": prompts.get("query"), "passage": prompts.get("passage", prompts.get("document"))}
+    return {k: v for k, v in found.items() if isinstance(v, str)}

@@ -59,11 +59,11 @@ def cmd_embed(args):
         texts = read_lines("-")
     else:
         raise CliError("no texts: give them as arguments, with --input FILE, or on stdin (one per line)")
-    prefix = "query: " if args.query else "passage: " if args.passage else ""
     model = load_model(args)
+    encode = model.encode_queries if args.query else model.encode_passages if args.passage else model.encode
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        vectors = model.encode([prefix + t for t in texts], batch_size=args.batch_size)
+        vectors = encode(texts, batch_size=args.batch_size)
     for warning in caught:
         print(f"e5np: {warning.message}", file=sys.stderr)
     write_embeddings(vectors, texts, args.output)
@@ -97,8 +97,8 @@ def build_parser():
     embed.add_argument("texts", nargs="*", help="texts to embed")
     embed.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"hub id or local directory (default {DEFAULT_MODEL})")
     group = embed.add_mutually_exclusive_group()
-    group.add_argument("--query", action="store_true", help='prefix each text with "query: "')
-    group.add_argument("--passage", action="store_true", help='prefix each text with "passage: "')
+    group.add_argument("--query", action="store_true", help='texts are queries: add the model\'s query prefix ("query: " for E5)')
+    group.add_argument("--passage", action="store_true", help='texts are passages: add the model\'s passage prefix ("passage: " for E5)')
     embed.add_argument("--input", "-i", help="file with one text per line ('-' for stdin)")
     embed.add_argument("--output", "-o", help="write to FILE.npy or FILE.jsonl instead of stdout")
     embed.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")

@@ -1,18 +1,24 @@
 """The e5np model object: load a checkpoint, tokenize, batch, run the encoder, pool, normalize."""
 
+import os
+import re
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import bert
-from .checkpoint import load_config, load_weights
+from .blas import use_one_blas_thread
+from .checkpoint import load_config, load_prompts, load_sentence_transformers_head, load_weights
 from .hub import resolve
 from .tokenizer import load_tokenizer, model_max_length, pad, tokenize
 
-QUERY_PREFIX = "query: "
-PASSAGE_PREFIX = "passage: "
+# Prefix conventions, as data. E5 models were trained with these; other models get none unless their
+# config_sentence_transformers.json declares prompts or load(prefixes=...) says so.
+E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
+E5_NAME = re.compile(r"(^|[^a-z0-9])e5([^a-z0-9]|$)")  # intfloat/e5-small, multilingual-e5-base, ...
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -45,8 +51,8 @@ class Forward:
     attention_mask: np.ndarray  # [B, T]
     hidden_states: list         # L + 1 arrays [B, T, H]: the embedding output, then each layer's output
     attentions: list            # L arrays [B, N, T, T] of attention probabilities, or None
-    pooled: np.ndarray          # [B, H] mean over real tokens
-    embeddings: np.ndarray      # [B, H] pooled, L2-normalized
+    pooled: np.ndarray          # [B, H] pooled over real tokens (the model's pooling)
+    embeddings: np.ndarray      # [B, H] pooled, then L2-normalized if the model normalizes
 
     @property
     def last_hidden_state(self):
@@ -69,12 +75,19 @@ def length_batches(lengths, batch_size, max_tokens):
 
 
 class Model:
-    """A BERT sentence encoder with E5's mean pooling and L2 normalization."""
+    """A BERT-family sentence encoder: tokenize, encode, pool (E5: mean), normalize (E5: L2)."""
 
     max_batch_tokens = 8192  # padded tokens per forward pass: bounds memory, keeps long texts apart
 
-    def __init__(self, params, config, tokenizer, max_length, dtype=np.float32, name=None, directory=None):
+    def __init__(self, params, config, tokenizer, max_length, dtype=np.float32, name=None, directory=None,
+                 threads=None, pooling="mean", normalize=True, prefixes=None):
+        if pooling not in bert.POOLINGS:
+            raise ValueError(f"pooling must be one of {sorted(bert.POOLINGS)}, got {pooling!r}")
         self.params = params
+        self.threads = threads or os.cpu_count() or 1
+        self.pooling = pooling
+        self.normalize = normalize
+        self.prefixes = dict(prefixes or {})
         self.config = config
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -88,31 +101,43 @@ class Model:
 
     def __repr__(self):
         c = self.config
-        return (f"e5np.Model({self.name!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
-                f"heads={c.num_attention_heads}, max_length={self.max_length}, dtype={np.dtype(self.dtype).name})")
+        return (f"e5np.Model({self.name!r}, {c.model_type}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
+                f"heads={c.num_attention_heads}, max_length={self.max_length}, pooling={self.pooling}, "
+                f"normalize={self.normalize}, dtype={np.dtype(self.dtype).name})")
+
+    def _pool(self, hidden, attention_mask, normalize):
+        vectors = bert.POOLINGS[self.pooling](hidden, attention_mask)    # [B, T, H] -> [B, H]
+        return bert.l2_normalize(vectors) if normalize else vectors
 
     def tokenize(self, texts):
         """Texts -> TokenBatch (ids, mask, token strings, which texts were truncated)."""
         texts, _ = as_text_list(texts)
-        return tokenize(self.tokenizer, texts)
+        return tokenize(self.tokenizer, texts, pad_id=self.config.pad_token_id)
 
     def _run(self, batch, keep_hidden=False, keep_attention=False):
         return bert.encode(batch.input_ids, batch.attention_mask, self.params,
                            n_heads=self.config.num_attention_heads, eps=self.config.layer_norm_eps,
+                           position_offset=self.config.position_offset,
                            keep_hidden=keep_hidden, keep_attention=keep_attention)
 
-    def encode(self, texts, *, batch_size=32, normalize=True, truncation="warn"):
+    def encode(self, texts, *, batch_size=32, normalize=None, truncation="warn", threads=None):
         """Embed texts: a str gives a [H] vector, a list of n strs an [n, H] array (float32 by default).
 
         Texts are batched by token length (so little compute goes to padding) and returned in input order.
         truncation: what to do when a text is longer than max_length tokens and loses its tail:
         "warn" (a TruncationWarning naming the texts), "ignore", or "error" (ValueError).
+        threads: batches run at once (default self.threads); NumPy releases the GIL in its kernels.
+        normalize: L2-normalize the pooled vectors (default: what the checkpoint does; E5 does).
         """
         texts, single = as_text_list(texts)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if truncation not in ("warn", "ignore", "error"):
             raise ValueError(f"truncation must be 'warn', 'ignore' or 'error', got {truncation!r}")
+        threads = self.threads if threads is None else threads
+        normalize = self.normalize if normalize is None else normalize
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
 
         encodings = self.tokenizer.encode_batch(texts)
         truncated = [i for i, e in enumerate(encodings) if e.overflowing]
@@ -123,24 +148,33 @@ class Model:
                 raise ValueError(message)
             warnings.warn(message, TruncationWarning, stacklevel=2)
 
-        out = np.empty((len(texts), self.dim), dtype=self.dtype)
-        for rows in length_batches([len(e.ids) for e in encodings], batch_size, self.max_batch_tokens):
-            batch = pad([encodings[i] for i in rows])
+        def embed(rows):
+            batch = pad([encodings[i] for i in rows], pad_id=self.config.pad_token_id)
             hidden, _, _ = self._run(batch)
-            vectors = bert.mean_pool(hidden, batch.attention_mask)                 # [B, T, H] -> [B, H]
-            out[rows] = bert.l2_normalize(vectors) if normalize else vectors
+            return self._pool(hidden, batch.attention_mask, normalize)             # [B, T, H] -> [B, H]
+
+        out = np.empty((len(texts), self.dim), dtype=self.dtype)
+        batches = length_batches([len(e.ids) for e in encodings], batch_size, self.max_batch_tokens)
+        if threads == 1 or len(batches) == 1:
+            for rows in batches:
+                out[rows] = embed(rows)
+        else:
+            with ThreadPoolExecutor(threads, initializer=use_one_blas_thread) as pool:
+                for rows, vectors in zip(batches, pool.map(embed, batches)):
+                    out[rows] = vectors
         return out[0] if single else out
 
     def encode_queries(self, texts, **kwargs):
-        """encode() with E5's "query: " prefix added to each text."""
-        texts, single = as_text_list(texts)
-        vectors = self.encode([QUERY_PREFIX + t for t in texts], **kwargs)
-        return vectors[0] if single else vectors
+        """encode() with the model's query prefix ("query: " for E5) added to each text."""
+        return self._encode_with_prefix(texts, self.prefixes.get("query", ""), **kwargs)
 
     def encode_passages(self, texts, **kwargs):
-        """encode() with E5's "passage: " prefix added to each text."""
+        """encode() with the model's passage prefix ("passage: " for E5) added to each text."""
+        return self._encode_with_prefix(texts, self.prefixes.get("passage", ""), **kwargs)
+
+    def _encode_with_prefix(self, texts, prefix, **kwargs):
         texts, single = as_text_list(texts)
-        vectors = self.encode([PASSAGE_PREFIX + t for t in texts], **kwargs)
+        vectors = self.encode([prefix + t for t in texts], **kwargs)
         return vectors[0] if single else vectors
 
     def forward(self, texts, *, output_attentions=False):
@@ -148,29 +182,44 @@ class Model:
         texts, _ = as_text_list(texts)
         batch = self.tokenize(texts)
         last, hidden_states, attentions = self._run(batch, keep_hidden=True, keep_attention=output_attentions)
-        pooled = bert.mean_pool(last, batch.attention_mask)
+        pooled = self._pool(last, batch.attention_mask, normalize=False)
+        embeddings = bert.l2_normalize(pooled) if self.normalize else pooled
         return Forward(batch.tokens, batch.input_ids, batch.attention_mask, hidden_states, attentions,
-                       pooled, bert.l2_normalize(pooled))
+                       pooled, embeddings)
 
 
 def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=None, cache_dir=None, token=None,
-         dtype="float32", max_length=None):
-    """Load a BERT checkpoint from a local directory or a Hugging Face hub id.
+         dtype="float32", max_length=None, pooling=None, normalize=None, prefixes=None, threads=None):
+    """Load a BERT-family checkpoint from a local directory or a Hugging Face hub id.
 
     dtype "float64" runs the whole forward pass in double precision: slower, the ground truth that
     float32 engines are measured against. max_length defaults to the tokenizer's model_max_length,
     capped by the model's position embeddings (512 for e5-small).
+    pooling ("mean", "cls", "max", "mean_sqrt_len") and normalize default to the checkpoint's
+    sentence-transformers modules.json, else E5's mean + L2. prefixes ({"query": ..., "passage": ...})
+    default to the checkpoint's declared prompts, else E5's for E5 models, else none.
+    threads: batches encode() runs at once (default: the machine's cores).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if pooling is not None and pooling not in bert.POOLINGS:
+        raise ValueError(f"pooling must be one of {sorted(bert.POOLINGS)}, got {pooling!r}")
     directory = resolve(name_or_path, revision=revision, local_files_only=local_files_only,
                         cache_dir=cache_dir, token=token)
     config = load_config(directory)
-    limit = model_max_length(directory, config.max_position_embeddings)
+    limit = model_max_length(directory, config.max_tokens)
     if max_length is None:
         max_length = limit
-    elif not isinstance(max_length, int) or not 1 < max_length <= config.max_position_embeddings:
-        raise ValueError(f"max_length must be an integer from 2 to {config.max_position_embeddings}, got {max_length!r}")
+    elif not isinstance(max_length, int) or not 1 < max_length <= config.max_tokens:
+        raise ValueError(f"max_length must be an integer from 2 to {config.max_tokens}, got {max_length!r}")
     params = load_weights(directory, config, DTYPES[dtype])
     tokenizer = load_tokenizer(directory, max_length)
-    return Model(params, config, tokenizer, max_length, DTYPES[dtype], name=str(name_or_path), directory=directory)
+
+    st_pooling, st_normalize = load_sentence_transformers_head(directory) or ("mean", True)
+    if prefixes is None:
+        prefixes = load_prompts(directory)
+        if not prefixes and E5_NAME.search(f"{name_or_path} {directory}".lower()):
+            prefixes = E5_PREFIXES
+    return Model(params, config, tokenizer, max_length, DTYPES[dtype], name=str(name_or_path), directory=directory,
+                 threads=threads, pooling=pooling or st_pooling,
+                 normalize=st_normalize if normalize is None else normalize, prefixes=prefixes)

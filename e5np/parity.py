@@ -40,13 +40,14 @@ def average_pool(last_hidden_states, attention_mask):
 
 
 def transformers_forward(directory, texts, max_length, dtype="float32", output_attentions=False):
-    """BertModel (eager attention) + E5's average_pool + F.normalize on `texts`, one padded batch."""
+    """transformers' model (BertModel / XLMRobertaModel, eager attention) + E5's average_pool + F.normalize
+    on `texts`, one padded batch."""
     torch, transformers = import_reference_stack()
     transformers.logging.set_verbosity_error()  # its load report and progress bars would drown the output
     transformers.logging.disable_progress_bar()
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
-    model, loading = transformers.BertModel.from_pretrained(
+    model, loading = transformers.AutoModel.from_pretrained(
         str(directory), attn_implementation="eager", add_pooling_layer=False, output_loading_info=True)
     if loading["missing_keys"]:  # transformers would fill them with random values and carry on
         raise ValueError(f"{directory}: transformers found no weights for {sorted(loading['missing_keys'])}")

@@ -111,6 +111,6 @@ def pad(encodings, pad_id=0):
     return TokenBatch(input_ids, attention_mask, [e.tokens for e in encodings], truncated)
 
 
-def tokenize(tokenizer, texts):
+def tokenize(tokenizer, texts, pad_id=0):
     """Texts -> a TokenBatch padded to its longest text."""
-    return pad(tokenizer.encode_batch(list(texts)))
+    return pad(tokenizer.encode_batch(list(texts)), pad_id)

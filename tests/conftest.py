@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import e5np
-from tests.checkpoints import REFERENCES, TINY_DIR, make_e5_shaped, minilm_dir
+from tests.checkpoints import FIXTURES, REFERENCES, TINY_DIR, make_e5_shaped, minilm_dir
 
-CHECKPOINTS = ["tiny", "minilm", "e5-shaped"]
+CHECKPOINTS = ["tiny", "minilm", "e5-shaped", "bert-wide", "xlmr"]  # mean-pooled, L2-normalized, as E5
 
 
 def pytest_configure(config):
@@ -47,7 +47,8 @@ def e5_shaped_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def checkpoint_dirs(e5_shaped_dir):
-    return {"tiny": TINY_DIR, "minilm": minilm_dir(), "e5-shaped": e5_shaped_dir}
+    return {"tiny": TINY_DIR, "minilm": minilm_dir(), "e5-shaped": e5_shaped_dir,
+            **{name: FIXTURES / name for name in ("bert-wide", "st-cls", "xlmr")}}
 
 
 _models = {}

@@ -35,12 +35,30 @@ def test_tuples_and_generators_are_accepted(tiny):
     np.testing.assert_array_equal(tiny.encode(np.array(texts)), expected)
 
 
-def test_prefix_helpers_add_e5_prefixes(minilm):
+def test_e5_models_get_e5_prefixes(load_model):
+    e5 = load_model("e5-shaped")  # its directory is named e5-small, as a hub snapshot of intfloat/e5-small is
     q = "how much protein should a female eat"
-    np.testing.assert_array_equal(minilm.encode_queries([q]), minilm.encode(["query: " + q]))
-    np.testing.assert_array_equal(minilm.encode_passages(q), minilm.encode("passage: " + q))
-    assert minilm.encode_queries(q).shape == (384,)
-    assert not np.allclose(minilm.encode_queries(q), minilm.encode_passages(q))
+    assert e5.prefixes == {"query": "query: ", "passage": "passage: "}
+    np.testing.assert_array_equal(e5.encode_queries([q]), e5.encode(["query: " + q]))
+    np.testing.assert_array_equal(e5.encode_passages(q), e5.encode("passage: " + q))
+    assert e5.encode_queries(q).shape == (384,)
+
+
+def test_other_models_get_no_prefix_unless_asked(minilm, checkpoint_dirs, tmp_path):
+    q = "how much protein should a female eat"
+    assert minilm.prefixes == {}
+    np.testing.assert_array_equal(minilm.encode_queries([q]), minilm.encode([q]))
+    custom = e5np.load(checkpoint_dirs["minilm"], prefixes={"query": "Q: ", "passage": "P: "})
+    np.testing.assert_array_equal(custom.encode_passages([q]), minilm.encode(["P: " + q]))
+
+    import json
+    import shutil
+
+    declared = tmp_path / "with-prompts"
+    shutil.copytree(checkpoint_dirs["tiny"], declared)
+    (declared / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "search_query: ", "document": "search_document: "}}))
+    assert e5np.load(declared).prefixes == {"query": "search_query: ", "passage": "search_document: "}
 
 
 def test_normalize_false_returns_the_mean_pooled_vector(minilm):

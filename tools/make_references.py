@@ -15,7 +15,10 @@ E5's average_pool and F.normalize, and saves tests/references/<name>.npz with:
   layers            [L + 1, T, H] that text's embedding output and each layer's output
   versions          JSON: torch, transformers, numpy versions; weights digest for generated checkpoints
 
-Usage:  python tools/make_references.py [--rebuild-tiny] [tiny minilm e5-shaped]
+For st-cls (a sentence-transformers layout) it also runs sentence-transformers itself with each pooling
+mode (cls, mean, max, mean_sqrt_len, and mean followed by Normalize): embeddings_<mode>.
+
+Usage:  python tools/make_references.py [--rebuild-tiny] [tiny minilm e5-shaped bert-wide st-cls xlmr]
 """
 
 import argparse
@@ -29,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from e5np.parity import transformers_forward  # noqa: E402
-from tests.checkpoints import REFERENCES, TINY_DIR, make_e5_shaped, make_tiny, minilm_dir  # noqa: E402
+from tests.checkpoints import FIXTURES, REFERENCES, TINY_DIR, make_e5_shaped, make_tiny, minilm_dir  # noqa: E402
 from tests.corpus import PARITY_TEXTS  # noqa: E402
 
 LAYERS_TEXT = 4  # the E5 model card's query
@@ -61,9 +64,36 @@ def reference_arrays(directory, texts, max_length, extra_versions=None):
     }
 
 
+ST_MODES = ("cls", "mean", "max", "mean_sqrt_len", "mean_normalize")
+
+
+def sentence_transformers_arrays(directory, texts, workdir):
+    """sentence-transformers' own output on `directory` with its Pooling module set to each mode."""
+    import shutil
+
+    from sentence_transformers import SentenceTransformer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_variants import pooling_config
+
+    arrays = {}
+    for mode in ST_MODES:
+        variant = Path(workdir) / mode
+        shutil.copytree(directory, variant)
+        pooling = "mean" if mode == "mean_normalize" else mode
+        (variant / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config(pooling)))
+        if mode == "mean_normalize":
+            modules = json.loads((variant / "modules.json").read_text())
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+            (variant / "modules.json").write_text(json.dumps(modules))
+        model = SentenceTransformer(str(variant), device="cpu")
+        arrays[f"embeddings_{mode}"] = model.encode(texts, batch_size=len(texts), convert_to_numpy=True)
+    return arrays
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", default=["tiny", "minilm", "e5-shaped"])
+    parser.add_argument("names", nargs="*", default=["tiny", "minilm", "e5-shaped", "bert-wide", "st-cls", "xlmr"])
     parser.add_argument("--rebuild-tiny", action="store_true", help="regenerate tests/fixtures/tiny-bert first")
     args = parser.parse_args()
     if args.rebuild_tiny:
@@ -79,9 +109,14 @@ def main():
             elif name == "e5-shaped":
                 directory, digest = make_e5_shaped(Path(tmp) / "e5-shaped")
                 max_length, extra = 512, {"weights_sha256": digest}
+            elif name in ("bert-wide", "st-cls", "xlmr"):
+                directory = FIXTURES / name
+                max_length = json.loads((directory / "tokenizer_config.json").read_text())["model_max_length"]
             else:
                 parser.error(f"unknown checkpoint {name!r}")
             arrays = reference_arrays(directory, PARITY_TEXTS, max_length, extra)
+            if name == "st-cls":
+                arrays.update(sentence_transformers_arrays(directory, PARITY_TEXTS, Path(tmp) / "st"))
         out = REFERENCES / f"{name}.npz"
         np.savez_compressed(out, **arrays)
         print(f"{out}: {len(PARITY_TEXTS)} texts, {out.stat().st_size / 1024:.0f} KiB")

@@ -1,0 +1,132 @@
+"""Checkpoints beyond e5-small, read from their own files: other sizes, sentence-transformers pooling
+layouts, XLM-RoBERTa (multilingual-e5). Generic parity for bert-wide and xlmr is in test_parity.py."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+import e5np
+from e5np.checkpoint import CheckpointError
+from tests.conftest import load_reference
+
+ST_MODES = ["cls", "mean", "max", "mean_sqrt_len"]
+
+
+def close(ours, theirs):
+    """Normalized vectors: max-abs <= 1e-6. Raw pooled vectors (norms up to a few units): 1e-6 of their scale."""
+    return np.abs(ours - theirs).max() <= 1e-6 * max(1.0, float(np.abs(theirs).max()))
+
+
+@pytest.fixture(scope="module")
+def st_reference():
+    return load_reference("st-cls")
+
+
+def test_sentence_transformers_layout_sets_pooling_and_normalization(checkpoint_dirs, st_reference):
+    model = e5np.load(checkpoint_dirs["st-cls"])
+    assert model.pooling == "cls" and model.normalize is False and model.prefixes == {}
+    out = model.encode(st_reference["texts"], truncation="ignore")
+    assert close(out, st_reference["embeddings_cls"])
+
+
+@pytest.mark.parametrize("mode", ST_MODES)
+def test_every_pooling_mode_matches_sentence_transformers(checkpoint_dirs, st_reference, mode):
+    model = e5np.load(checkpoint_dirs["st-cls"], pooling=mode)
+    out = model.encode(st_reference["texts"], truncation="ignore")
+    assert close(out, st_reference[f"embeddings_{mode}"])
+
+
+def test_normalize_module_is_honoured(checkpoint_dirs, st_reference, tmp_path):
+    directory = tmp_path / "st-mean-normalize"
+    shutil.copytree(checkpoint_dirs["st-cls"], directory)
+    modules = json.loads((directory / "modules.json").read_text())
+    modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (directory / "modules.json").write_text(json.dumps(modules))
+    config = json.loads((directory / "1_Pooling" / "config.json").read_text())
+    config.update(pooling_mode_cls_token=False, pooling_mode_mean_tokens=True)
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    model = e5np.load(directory)
+    assert model.pooling == "mean" and model.normalize is True
+    out = model.encode(st_reference["texts"], truncation="ignore")
+    assert np.abs(out - st_reference["embeddings_mean_normalize"]).max() <= 1e-6
+
+
+def test_explicit_arguments_override_the_checkpoint(checkpoint_dirs, st_reference):
+    model = e5np.load(checkpoint_dirs["st-cls"], pooling="mean", normalize=True)
+    out = model.encode(st_reference["texts"], truncation="ignore")
+    assert np.abs(out - st_reference["embeddings_mean_normalize"]).max() <= 1e-6
+    unnormalized = e5np.load(checkpoint_dirs["tiny"]).encode(["a b"], normalize=False)
+    assert not np.isclose(np.linalg.norm(unnormalized), 1)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        e5np.load(checkpoint_dirs["tiny"], pooling="weighted")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda d: (d / "modules.json").write_text(json.dumps([
+        {"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "path": "2_Dense", "type": "sentence_transformers.models.Dense"}])), ["Dense", "not supported"]),
+    (lambda d: (d / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_lasttoken": True})), ["pooling_mode_lasttoken"]),
+    (lambda d: (d / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True})), ["exactly one", "pooling_mode_max_tokens"]),
+    (lambda d: (d / "modules.json").write_text("{}"), ["modules.json", "expected a JSON list"]),
+])
+def test_unsupported_sentence_transformers_layouts(checkpoint_dirs, tmp_path, edit, words):
+    directory = tmp_path / "st"
+    shutil.copytree(checkpoint_dirs["st-cls"], directory)
+    edit(directory)
+    with pytest.raises(CheckpointError) as info:
+        e5np.load(directory)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_xlm_roberta_positions_and_tokenizer(load_model):
+    model = load_model("xlmr")
+    config = model.config
+    assert config.model_type == "xlm-roberta" and config.position_offset == 2 and config.pad_token_id == 1
+    assert config.type_vocab_size == 1 and config.layer_norm_eps == 1e-5
+    assert model.max_length == 128 == config.max_position_embeddings - 2
+    batch = model.tokenize(["a", "query: hello world"])
+    assert batch.tokens[0][0] == "<s>" and batch.tokens[0][-1] == "</s>"
+    assert batch.input_ids[0, -1] == 1  # padded with <pad>, as transformers does
+
+
+def test_roberta_position_offset_must_fit(checkpoint_dirs, tmp_path):
+    directory = tmp_path / "x"
+    shutil.copytree(checkpoint_dirs["xlmr"], directory)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps(dict(config, pad_token_id=129)))
+    with pytest.raises(CheckpointError, match="pad_token_id"):
+        e5np.load(directory)
+
+
+def test_e5_prefix_detection_by_name():
+    from e5np.model import E5_NAME
+
+    for name in ("intfloat/e5-small", "intfloat/multilingual-e5-base", "intfloat/e5-large-v2",
+                 "/cache/models--intfloat--e5-small/snapshots/abc", "E5-small"):
+        assert E5_NAME.search(name.lower()), name
+    for name in ("BAAI/bge-small-en-v1.5", "sentence-transformers/all-MiniLM-L6-v2", "e5x", "le5-model"):
+        assert not E5_NAME.search(name.lower()), name
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("mode", ST_MODES)
+def test_pooling_modes_against_live_sentence_transformers(checkpoint_dirs, tmp_path, mode):
+    SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from make_variants import pooling_config
+
+    directory = tmp_path / mode
+    shutil.copytree(checkpoint_dirs["st-cls"], directory)
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config(mode)))
+    texts = ["query: hello world", "a", "the cat sat on the mat " * 3]
+    want = SentenceTransformer(str(directory), device="cpu").encode(texts, convert_to_numpy=True)
+    assert close(e5np.load(directory).encode(texts), want)

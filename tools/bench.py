@@ -1,0 +1,234 @@
+"""Throughput of e5np against the fastest ways to run the same checkpoint with PyTorch and ONNX Runtime.
+
+    python tools/bench.py [--model DIR] [--corpus mixed|short|long] [--texts 1000] [--runs 3]
+
+Engines (each embeds the same corpus to normalized mean-pooled vectors, batch 32, max_length 512):
+  e5np               e5np.Model.encode (token-length-sorted batches, worker threads)
+  hf-sdpa            transformers BertModel, SDPA attention, batches in corpus order
+  hf-sdpa-sorted     the same, batches sorted by token length
+  sentence-transformers  SentenceTransformer.encode (sorts by character length)
+  ort-sorted         ONNX Runtime (model exported from transformers), batches sorted by token length
+Runs alternate between engines (e5np, hf, st, ort, e5np, ...) so machine noise hits all alike; the
+table reports the median. It also checks every engine's vectors against e5np (cosine >= 0.99999),
+e5np's load time (warm page cache) and its peak RSS while embedding.
+
+The corpus is made here (no downloads): words drawn from the model's vocabulary, deterministic.
+  mixed  5-400 words per text     short  8-16 tokens     long  256-512 tokens
+Without --model it builds the 12-layer e5-small-shaped checkpoint from tests/checkpoints.py.
+Needs the parity extra plus sentence-transformers and onnxruntime (engines that are missing are skipped).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import e5np  # noqa: E402
+
+
+def make_corpus(model, kind, n, seed=0):
+    rng = np.random.RandomState(seed)
+    vocab = sorted(w for w in model.tokenizer.get_vocab() if w.isalpha() and len(w) >= 3)
+    if kind == "mixed":
+        counts = rng.randint(5, 401, size=n)
+    elif kind == "short":
+        counts = rng.randint(6, 15, size=n)        # 8-16 tokens with [CLS]/[SEP]
+    elif kind == "long":
+        counts = rng.randint(254, 511, size=n)     # 256-512 tokens: words of the vocab are one token each
+    else:
+        raise ValueError(kind)
+    texts = []
+    for count in counts:
+        words = [vocab[i] for i in rng.randint(0, len(vocab), size=count)]
+        texts.append(" ".join(words).capitalize() + ".")
+    return texts
+
+
+# --- engines: each returns a function texts -> [n, H] normalized float32 ---------------------------
+def engine_e5np(directory, threads):
+    model = e5np.load(directory)
+    return lambda texts: model.encode(texts, batch_size=32, truncation="ignore", threads=threads)
+
+
+def engine_transformers(directory, sort):
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    model = transformers.AutoModel.from_pretrained(str(directory), attn_implementation="sdpa").eval()
+
+    def run(texts):
+        order = list(range(len(texts)))
+        if sort:
+            lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]]
+            order.sort(key=lengths.__getitem__)
+        out = np.empty((len(texts), model.config.hidden_size), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(texts), 32):
+                rows = order[start:start + 32]
+                batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=512,
+                                  return_tensors="pt")
+                hidden = model(**batch).last_hidden_state
+                mask = batch["attention_mask"][..., None].to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1)
+                out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return out
+
+    return run
+
+
+def engine_sentence_transformers(directory):
+    from sentence_transformers import SentenceTransformer, models
+
+    word = models.Transformer(str(directory), max_seq_length=512)
+    model = SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")],
+                                device="cpu")
+    return lambda texts: model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def engine_onnxruntime(directory, workdir):
+    import onnxruntime as ort
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
+    model = transformers.AutoModel.from_pretrained(str(directory), attn_implementation="eager").eval()
+    path = Path(workdir) / "model.onnx"
+    dummy = tokenizer(["hello world"], return_tensors="pt")
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids, attention_mask):
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    torch.onnx.export(LastHiddenState(model), (dummy["input_ids"], dummy["attention_mask"]), str(path), dynamo=False,
+                      input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                      dynamic_axes={"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"},
+                                    "last_hidden_state": {0: "b", 1: "t"}}, opset_version=17)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = os.cpu_count()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(texts):
+        ids = tokenizer(texts, truncation=True, max_length=512)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        out = np.empty((len(texts), model.config.hidden_size), np.float32)
+        for start in range(0, len(texts), 32):
+            rows = order[start:start + 32]
+            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=512,
+                              return_tensors="np")
+            hidden = session.run(None, {"input_ids": batch["input_ids"].astype(np.int64),
+                                        "attention_mask": batch["attention_mask"].astype(np.int64)})[0]
+            mask = batch["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
+            out[rows] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        return out
+
+    return run
+
+
+def build_engines(directory, names, threads, workdir):
+    builders = {
+        "e5np": lambda: engine_e5np(directory, threads),
+        "hf-sdpa": lambda: engine_transformers(directory, sort=False),
+        "hf-sdpa-sorted": lambda: engine_transformers(directory, sort=True),
+        "sentence-transformers": lambda: engine_sentence_transformers(directory),
+        "ort-sorted": lambda: engine_onnxruntime(directory, workdir),
+    }
+    engines = {}
+    for name in names:
+        try:
+            engines[name] = builders[name]()
+        except ImportError as e:
+            print(f"skipping {name}: {e}", file=sys.stderr)
+    return engines
+
+
+def e5np_load_and_rss(directory, texts, threads):
+    """Load time (median of 3, warm cache) and peak RSS of a fresh process embedding the corpus."""
+    code = (
+        "import json, resource, sys, time, e5np\n"
+        "texts = json.load(sys.stdin)\n"
+        "times = []\n"
+        "for _ in range(3):\n"
+        "    t = time.perf_counter(); m = e5np.load(sys.argv[1]); times.append(time.perf_counter() - t)\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "m.encode(texts, truncation='ignore', threads=int(sys.argv[2]))\n"
+        "print(json.dumps({'load_s': sorted(times)[1], 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(directory), str(threads)], input=json.dumps(texts),
+                            capture_output=True, text=True, check=True)
+    return json.loads(result.stdout)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint directory (default: build the e5-small-shaped one)")
+    parser.add_argument("--corpus", default="mixed", choices=["mixed", "short", "long"])
+    parser.add_argument("--texts", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="e5np worker threads (default: its own)")
+    parser.add_argument("--engines", default="e5np,hf-sdpa,hf-sdpa-sorted,sentence-transformers,ort-sorted")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = args.model
+        if directory is None:
+            from tests.checkpoints import make_e5_shaped
+
+            directory = make_e5_shaped(Path(tmp) / "e5-small-shaped")[0]
+        reference_model = e5np.load(directory)
+        texts = make_corpus(reference_model, args.corpus, args.texts)
+        tokens = int(reference_model.tokenize(texts).lengths.sum())
+        engines = build_engines(directory, args.engines.split(","), args.threads, tmp)
+
+        times = {name: [] for name in engines}
+        vectors = {}
+        for name, run in engines.items():
+            run(texts[:64])  # warm up: allocations, thread pools, lazy init
+        for _ in range(args.runs):
+            for name, run in engines.items():
+                start = time.perf_counter()
+                vectors[name] = run(texts)
+                times[name].append(time.perf_counter() - start)
+        memory = e5np_load_and_rss(directory, texts, args.threads or 0)
+
+    weights_mb = (Path(directory) / "model.safetensors").stat().st_size / 2**20 if Path(directory).exists() else 0
+    print(f"corpus: {args.texts} {args.corpus} texts, {tokens} tokens; model {directory}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}")
+    print()
+    print(f"| engine | texts/s | tokens/s | e5np speed-up | min cosine vs e5np |")
+    print(f"|---|---|---|---|---|")
+    e5np_time = statistics.median(times["e5np"]) if "e5np" in times else None
+    for name, samples in times.items():
+        t = statistics.median(samples)
+        ours, theirs = vectors.get("e5np"), vectors[name]
+        cosine = float((ours * theirs).sum(1).min()) if ours is not None else float("nan")
+        ratio = f"{t / e5np_time:.2f}x" if e5np_time else "-"
+        print(f"| {name} | {len(texts) / t:,.0f} | {tokens / t:,.0f} | {ratio} | {cosine:.6f} |")
+        if cosine < 0.99999:
+            print(f"WARNING: {name} disagrees with e5np (cosine {cosine})", file=sys.stderr)
+    print()
+    print(f"e5np load {memory['load_s']:.3f} s (warm cache); peak RSS while embedding {memory['peak_rss_mb']:.0f} MB "
+          f"(weights {weights_mb:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
