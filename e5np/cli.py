@@ -2,29 +2,68 @@
 
 import argparse
 import json
+import os
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MODEL = "intfloat/e5-small"
+DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
+
+
+CHUNK = 2048  # texts read, embedded and written at a time: memory stays bounded for any input size
 
 
 class CliError(Exception):
     """A problem to report in one line and exit with status 2."""
 
 
-def read_lines(path):
-    """Non-empty lines of a file ('-' = stdin), without their line endings."""
+def open_input(path):
+    if path == "-":
+        return sys.stdin
     try:
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CliError(f"cannot read {'stdin' if path == '-' else path}: {e}") from None
-    return [line for line in text.splitlines() if line.strip()]
+        return open(path, encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"cannot read {path}: {e.strerror}") from None
+
+
+def iter_texts(path, field=None):
+    """Texts from a file ('-' = stdin): one per non-blank line, or from JSON lines' `field` (for .jsonl or --field)."""
+    jsonl = field is not None or str(path).endswith(".jsonl")
+    field = field or "text"
+    name = "stdin" if path == "-" else path
+    f = open_input(path)
+    try:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if not jsonl:
+                yield line.rstrip("\r\n")
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CliError(f"{name}:{number}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise CliError(f"{name}:{number}: expected an object with a string field {field!r}")
+            yield record[field]
+    except UnicodeDecodeError as e:
+        raise CliError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    finally:
+        if f is not sys.stdin:
+            f.close()
+
+
+def chunks(iterable, size=CHUNK):
+    chunk = []
+    for item in iterable:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def load_model(args):
@@ -36,44 +75,184 @@ def load_model(args):
         raise CliError(str(e)) from None
 
 
-def write_embeddings(vectors, texts, output):
-    if output is None or output == "-":
-        for vector in vectors:
-            sys.stdout.write(json.dumps([float(x) for x in vector]) + "\n")
-    elif output.endswith(".npy"):
-        np.save(output, vectors)
-    elif output.endswith(".jsonl"):
-        with open(output, "w", encoding="utf-8") as f:
+def progress(args, total=None):
+    """A tqdm bar on stderr for long runs; none when stderr is not a terminal or with --quiet."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="text", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
+
+
+class EmbeddingWriter:
+    """Writes embeddings as they come: JSON arrays on stdout, JSON lines, or .npy (rows spooled, header last)."""
+
+    def __init__(self, output):
+        self.output, self.rows, self.dim = output, 0, None
+        if output is None or output == "-":
+            self.kind, self.file = "stdout", sys.stdout
+        elif output.endswith(".jsonl"):
+            self.kind, self.file = "jsonl", self._open(output, "w", encoding="utf-8")
+        elif output.endswith(".npy"):
+            self.kind, self.file = "npy", self._open(output + ".part", "wb")
+        else:
+            raise CliError(f"--output {output}: use a .npy or .jsonl file, or - for stdout")
+
+    @staticmethod
+    def _open(path, mode, **kwargs):
+        try:
+            return open(path, mode, **kwargs)
+        except OSError as e:
+            raise CliError(f"cannot write {path}: {e.strerror}") from None
+
+    def write(self, texts, vectors):
+        self.rows += len(vectors)
+        self.dim = vectors.shape[1]
+        if self.kind == "npy":
+            self.file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        elif self.kind == "jsonl":
             for text, vector in zip(texts, vectors):
-                f.write(json.dumps({"text": text, "embedding": [float(x) for x in vector]}, ensure_ascii=False) + "\n")
-    else:
-        raise CliError(f"--output {output}: use a .npy or .jsonl file, or - for stdout")
+                self.file.write(json.dumps({"text": text, "embedding": vector.tolist()}, ensure_ascii=False) + "\n")
+        else:
+            for vector in vectors:
+                self.file.write(json.dumps(vector.tolist()) + "\n")
+
+    def close(self, dim):
+        if self.kind == "stdout":
+            self.file.flush()
+            return
+        self.file.close()
+        if self.kind == "npy":  # the header needs the row count: write it, then stream the spooled rows after it
+            spool = self.output + ".part"
+            with open(self.output, "wb") as out, open(spool, "rb") as rows:
+                np.lib.format.write_array_header_1_0(
+                    out, {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim or dim)})
+                while block := rows.read(1 << 24):
+                    out.write(block)
+            os.remove(spool)
+
+
+def encode_with_warnings(encode, texts, batch_size, offset=0):
+    """encode(texts) with TruncationWarnings printed to stderr, indices counted from `offset`."""
+    import e5np
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vectors = encode(texts, batch_size=batch_size)
+    for warning in caught:
+        if issubclass(warning.category, e5np.TruncationWarning) and offset:
+            print(f"e5np: texts {offset}..{offset + len(texts) - 1}: {warning.message}", file=sys.stderr)
+        else:
+            print(f"e5np: {warning.message}", file=sys.stderr)
+    return vectors
+
+
+def choose_encoder(model, args):
+    if getattr(args, "query", False):
+        return model.encode_queries
+    if getattr(args, "passage", False):
+        return model.encode_passages
+    return model.encode
 
 
 def cmd_embed(args):
     if args.texts:
-        texts = args.texts
+        source = iter(args.texts)
     elif args.input:
-        texts = read_lines(args.input)
+        source = iter_texts(args.input, args.field)
     elif not sys.stdin.isatty():
-        texts = read_lines("-")
+        source = iter_texts("-", args.field)
     else:
         raise CliError("no texts: give them as arguments, with --input FILE, or on stdin (one per line)")
     model = load_model(args)
-    encode = model.encode_queries if args.query else model.encode_passages if args.passage else model.encode
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        vectors = encode(texts, batch_size=args.batch_size)
-    for warning in caught:
-        print(f"e5np: {warning.message}", file=sys.stderr)
-    write_embeddings(vectors, texts, args.output)
+    encode = choose_encoder(model, args)
+    writer = EmbeddingWriter(args.output)
+    try:
+        with progress(args) as bar:
+            for chunk in chunks(source):
+                writer.write(chunk, encode_with_warnings(encode, chunk, args.batch_size, offset=writer.rows))
+                bar.update(len(chunk))
+    finally:
+        writer.close(model.dim)
+    return 0
+
+
+def cmd_search_build(args):
+    from .search import VECTORS, save_index
+
+    model = load_model(args)
+    out = Path(args.index)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = EmbeddingWriter(str(out / VECTORS))
+    passages = []
+    try:
+        with progress(args) as bar:
+            for chunk in chunks(iter_texts(args.corpus, args.field)):
+                writer.write(chunk, encode_with_warnings(model.encode_passages, chunk, args.batch_size, len(passages)))
+                passages.extend(chunk)
+                bar.update(len(chunk))
+    finally:
+        writer.close(model.dim)
+    save_index(out, out / VECTORS, passages, args.model, model.dim)
+    print(f"e5np: indexed {len(passages)} passages in {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_search_query(args):
+    from .search import load_index, top_k
+
+    try:
+        vectors, passages, meta = load_index(args.index)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    args.model = args.model or meta["model"]
+    model = load_model(args)
+    if model.dim != vectors.shape[1]:
+        raise CliError(f"{args.model} makes {model.dim}-dim vectors but the index holds {vectors.shape[1]}-dim ones")
+    queries = list(args.queries) or list(iter_texts(args.input or "-"))
+    indices, scores = top_k(vectors, model.encode_queries(queries), args.top_k)
+    results = [{"query": q, "results": [{"rank": r + 1, "index": int(i), "score": float(s), "text": passages[i]}
+                                        for r, (i, s) in enumerate(zip(row_i, row_s))]}
+               for q, row_i, row_s in zip(queries, indices, scores)]
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], ensure_ascii=False, indent=2))
+    else:
+        for result in results:
+            print(f"query: {result['query']}")
+            for hit in result["results"]:
+                print(f"  {hit['rank']:>3}. {hit['score']:.4f}  {hit['text']}")
+    return 0
+
+
+def cmd_similarity(args):
+    model = load_model(args)
+    a, b = choose_encoder(model, args)([args.text_a, args.text_b])
+    print(f"{float(a @ b):.6f}")
+    return 0
+
+
+def cmd_serve(args):
+    from .server import make_server
+
+    model = load_model(args)
+    try:
+        server = make_server(model, args.host, args.port, model_name=args.model,
+                             max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs)
+    except OSError as e:
+        raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    host, port = server.server_address[:2]
+    print(f"e5np: serving {args.model} on http://{host}:{port}/v1/embeddings (Ctrl-C stops)", file=sys.stderr)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
 def cmd_parity(args):
     from . import parity
 
-    texts = read_lines(args.texts) if args.texts else parity.DEFAULT_TEXTS
+    texts = list(iter_texts(args.texts)) if args.texts else parity.DEFAULT_TEXTS
     if not texts:
         raise CliError(f"{args.texts}: no texts in it")
     try:
@@ -89,27 +268,78 @@ def cmd_parity(args):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="e5np", description="E5 / BERT sentence embeddings in pure NumPy.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_option(p, default=DEFAULT_MODEL):
+        p.add_argument("--model", "-m", default=default,
+                       help=f"hub id or local directory (default {default or 'the one the index was built with'})")
+
+    def encoding_options(p, input_help="file with one text per line, or .jsonl ('-' = stdin)"):
+        p.add_argument("--input", "-i", help=input_help)
+        p.add_argument("--field", help="JSON lines: the field holding the text (default 'text')")
+        p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+    def prefix_options(p):
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--query", action="store_true", help="texts are queries: add the model's query prefix ('query: ' for E5)")
+        group.add_argument("--passage", action="store_true", help="texts are passages: add the model's passage prefix ('passage: ' for E5)")
 
     embed = sub.add_parser("embed", help="embed texts", description=(
-        "Embed texts given as arguments, read from --input (one per line) or from stdin. "
-        "Prints one JSON array per text, or writes --output as .npy or .jsonl."))
+        "Embed texts given as arguments, read from --input (one per line, or JSON lines with --field) or from "
+        "stdin. Prints one JSON array per text, or writes --output as .npy or .jsonl. Streams: any input size "
+        "runs in bounded memory."))
     embed.add_argument("texts", nargs="*", help="texts to embed")
-    embed.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"hub id or local directory (default {DEFAULT_MODEL})")
-    group = embed.add_mutually_exclusive_group()
-    group.add_argument("--query", action="store_true", help='texts are queries: add the model\'s query prefix ("query: " for E5)')
-    group.add_argument("--passage", action="store_true", help='texts are passages: add the model\'s passage prefix ("passage: " for E5)')
-    embed.add_argument("--input", "-i", help="file with one text per line ('-' for stdin)")
+    model_option(embed)
+    prefix_options(embed)
+    encoding_options(embed)
     embed.add_argument("--output", "-o", help="write to FILE.npy or FILE.jsonl instead of stdout")
-    embed.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
     embed.set_defaults(run=cmd_embed)
+
+    search = sub.add_parser("search", help="build a search index, or query one", description=(
+        "Exact semantic search: `search build CORPUS INDEX` embeds a corpus (text or JSON lines) as passages; "
+        "`search query INDEX QUERY...` prints the top-k passages by cosine similarity."))
+    search_sub = search.add_subparsers(dest="action", required=True, metavar="ACTION")
+    build = search_sub.add_parser("build", help="embed a corpus into an index directory")
+    build.add_argument("corpus", help="text file (one passage per line) or .jsonl ('-' = stdin)")
+    build.add_argument("index", help="directory to write vectors.npy, passages.jsonl, index.json into")
+    model_option(build)
+    build.add_argument("--field", help="JSON lines: the field holding the text (default 'text')")
+    build.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
+    build.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    build.set_defaults(run=cmd_search_build)
+    query = search_sub.add_parser("query", help="top-k passages for queries")
+    query.add_argument("index", help="an index directory made by `e5np search build`")
+    query.add_argument("queries", nargs="*", help="queries (else --input or stdin, one per line)")
+    model_option(query, default=None)
+    query.add_argument("--input", "-i", help="file with one query per line")
+    query.add_argument("--top-k", "-k", type=int, default=5, help="passages per query (default 5)")
+    query.add_argument("--json", action="store_true", help="print results as JSON")
+    query.set_defaults(run=cmd_search_query)
+
+    similarity = sub.add_parser("similarity", help="cosine similarity of two texts", description=(
+        "Print the cosine similarity of two texts. E5 recommends --query on both for symmetric tasks."))
+    similarity.add_argument("text_a")
+    similarity.add_argument("text_b")
+    model_option(similarity)
+    prefix_options(similarity)
+    similarity.set_defaults(run=cmd_similarity)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible embeddings server", description=(
+        "Serve POST /v1/embeddings (OpenAI request/response shape) and GET /health."))
+    model_option(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger requests get 413 (default 4 MiB)")
+    serve.add_argument("--max-inputs", type=int, default=2048, help="more inputs per request get 413 (default 2048)")
+    serve.set_defaults(run=cmd_serve)
 
     parity = sub.add_parser("parity", help="compare e5np with transformers, stage by stage", description=(
         "Run e5np and Hugging Face transformers on the same texts and print, for the embedding layer, every "
         "encoder layer, the pooled and the normalized vectors, their max-abs and max-relative difference and "
         "each engine's distance from float64 ground truth. Exit status 1 if the normalized vectors differ by "
         "more than --tolerance. Needs torch and transformers: pip install 'e5np[parity]'."))
-    parity.add_argument("--model", "-m", default=DEFAULT_MODEL, help=f"hub id or local directory (default {DEFAULT_MODEL})")
+    model_option(parity)
     parity.add_argument("--texts", help="file with one text per line (default: a built-in E5 sample)")
     parity.add_argument("--tolerance", type=float, default=1e-6, help="max-abs allowed on normalized vectors (1e-6)")
     parity.add_argument("--max-length", type=int, help="token limit (default: the model's)")
@@ -120,6 +350,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    for name in ("batch_size", "top_k", "max_inputs", "max_body_bytes"):
+        if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
+            print(f"e5np {args.command}: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
     try:
         return args.run(args)
     except CliError as e:

@@ -1,0 +1,154 @@
+"""An OpenAI-compatible embeddings server on the standard library: POST /v1/embeddings, GET /health.
+
+Each request is served on its own thread (ThreadingHTTPServer); e5np.Model.encode is thread-safe.
+Bad requests get OpenAI-style error bodies ({"error": {"message", "type", "param", "code"}}) and the
+server carries on.
+"""
+
+import base64
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from .blas import use_one_blas_thread
+
+
+class RequestError(Exception):
+    def __init__(self, status, message, param=None, kind="invalid_request_error"):
+        super().__init__(message)
+        self.status, self.param, self.kind = status, param, kind
+
+
+def parse_request(body, max_inputs):
+    """The texts and encoding format of an embeddings request body; RequestError if it is not one."""
+    try:
+        request = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(request, dict):
+        raise RequestError(400, "request body must be a JSON object")
+    if "input" not in request:
+        raise RequestError(400, "'input' is required", param="input")
+    texts = request["input"]
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts:
+        raise RequestError(400, "'input' must be a string or a non-empty array of strings", param="input")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestError(400, f"'input[{i}]' must be a string, got {type(text).__name__} "
+                                    "(token arrays are not supported)", param="input")
+    if len(texts) > max_inputs:
+        raise RequestError(413, f"'input' has {len(texts)} items; the limit is {max_inputs}", param="input")
+    encoding = request.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise RequestError(400, "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
+    if "dimensions" in request and request["dimensions"] is not None:
+        raise RequestError(400, "'dimensions' is not supported", param="dimensions")
+    return texts, encoding, request.get("model")
+
+
+def embeddings_response(model, texts, encoding, model_name):
+    vectors = model.encode(texts, truncation="ignore", threads=1)                     # [n, H] float32
+    tokens = int(model.tokenize(texts).lengths.sum())
+    data = []
+    for i, vector in enumerate(vectors):
+        if encoding == "base64":  # little-endian float32 bytes, as the OpenAI API returns
+            embedding = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+        else:
+            embedding = vector.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": embedding})
+    return {"object": "list", "data": data, "model": model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def make_handler(model, model_name, max_body_bytes, max_inputs):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "e5np"
+
+        def log_message(self, format, *args):  # quiet by default; errors still reach stderr below
+            pass
+
+        def send_json(self, status, payload):
+            body = json.dumps(payload).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def send_error_json(self, error):
+            self.send_json(error.status, {"error": {"message": str(error), "type": error.kind,
+                                                    "param": error.param, "code": None}})
+
+        def do_GET(self):
+            if self.path.rstrip("/") == "/health":
+                self.send_json(200, {"status": "ok", "model": model_name, "dim": model.dim})
+            elif self.path.rstrip("/") == "/v1/models":
+                self.send_json(200, {"object": "list", "data": [{"id": model_name, "object": "model",
+                                                                 "owned_by": "e5np"}]})
+            else:
+                self.send_error_json(RequestError(404, f"no route GET {self.path}", kind="not_found_error"))
+
+        def do_POST(self):
+            try:
+                if self.path.rstrip("/") != "/v1/embeddings":
+                    self.discard_body()
+                    raise RequestError(404, f"no route POST {self.path}", kind="not_found_error")
+                length = self.content_length()
+                if length > max_body_bytes:
+                    self.close_connection = True  # do not read a body we refuse
+                    raise RequestError(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}")
+                texts, encoding, _ = parse_request(self.rfile.read(length), max_inputs)
+                use_one_blas_thread()  # requests run in parallel; one BLAS thread each
+                self.send_json(200, embeddings_response(model, texts, encoding, model_name))
+            except RequestError as e:
+                self.send_error_json(e)
+            except Exception as e:  # a bug, not the client's fault: report it and keep serving
+                print(f"e5np serve: internal error: {e!r}", file=sys.stderr)
+                self.send_error_json(RequestError(500, "internal error", kind="server_error"))
+
+        def content_length(self):
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                self.close_connection = True
+                raise RequestError(411, "a Content-Length header is required") from None
+            if length < 0:
+                raise RequestError(400, "negative Content-Length")
+            return length
+
+        def discard_body(self):
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                length = 0
+            if 0 < length <= max_body_bytes:
+                self.rfile.read(length)
+            elif length:
+                self.close_connection = True
+
+    return Handler
+
+
+def make_server(model, host="127.0.0.1", port=8080, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048):
+    """A ready ThreadingHTTPServer (port 0 picks a free one); call serve_forever() or use serve_in_thread()."""
+    handler = make_handler(model, model_name or str(model.name), max_body_bytes, max_inputs)
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_thread(server):
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def float_vectors_from_base64(items):
+    """Decode base64 embeddings (for clients and tests)."""
+    return np.stack([np.frombuffer(base64.b64decode(item), dtype="<f4") for item in items])

@@ -1,0 +1,108 @@
+"""The CLI as a daily tool: files and JSON lines in, .npy / JSON lines out, streaming, search, similarity."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import e5np
+from tests.checkpoints import TINY_DIR
+
+CORPUS = ["The Eiffel Tower is in Paris.", "Pandas eat bamboo.", "Python is a programming language.",
+          "Paris is the capital of France.", "the cat sat on the mat"]
+
+
+def cli(*args, stdin="", env=None):
+    return subprocess.run([sys.executable, "-m", "e5np", *map(str, args)], input=stdin, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return e5np.load(TINY_DIR)
+
+
+def test_jsonl_input_with_field(tiny, tmp_path):
+    (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps({"id": i, "body": t}) for i, t in enumerate(CORPUS)))
+    result = cli("embed", "-m", TINY_DIR, "--input", tmp_path / "docs.jsonl", "--field", "body", "-o", tmp_path / "v.npy")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), tiny.encode(CORPUS), atol=1e-7)
+
+
+def test_large_input_streams_to_npy(tiny, tmp_path):
+    """More texts than one chunk: the .npy is assembled from spooled rows with the right header."""
+    texts = [f"{CORPUS[i % 5]} number {i}" for i in range(5000)]
+    (tmp_path / "big.txt").write_text("\n".join(texts) + "\n")
+    result = cli("embed", "-m", TINY_DIR, "-i", tmp_path / "big.txt", "-o", tmp_path / "big.npy", "--quiet")
+    assert result.returncode == 0, result.stderr
+    vectors = np.load(tmp_path / "big.npy")
+    assert vectors.shape == (5000, 32) and vectors.dtype == np.float32
+    assert not (tmp_path / "big.npy.part").exists()
+    np.testing.assert_allclose(vectors[[0, 2047, 2048, 4999]], tiny.encode([texts[i] for i in (0, 2047, 2048, 4999)]),
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"text": "ok"}\nnot json\n', "docs.jsonl:2: not valid JSON"),
+    (b'{"text": "ok"}\n{"body": "x"}\n', "docs.jsonl:2: expected an object with a string field 'text'"),
+    (b'{"text": 5}\n', "docs.jsonl:1: expected an object"),
+    (b'\xff\xfe bad bytes\n', "not UTF-8 text"),
+])
+def test_bad_input_files(tmp_path, content, message):
+    (tmp_path / "docs.jsonl").write_bytes(content)
+    result = cli("embed", "-m", TINY_DIR, "-i", tmp_path / "docs.jsonl", "-o", tmp_path / "v.npy")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_search_build_and_query(tiny, tmp_path):
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n")
+    built = cli("search", "build", tmp_path / "corpus.txt", tmp_path / "index", "-m", TINY_DIR)
+    assert built.returncode == 0, built.stderr
+    stored = np.load(tmp_path / "index" / "vectors.npy")
+    np.testing.assert_allclose(stored, tiny.encode_passages(CORPUS), atol=1e-7)
+
+    result = cli("search", "query", tmp_path / "index", "the cat sat on the mat", "--top-k", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)["results"]
+    expected = np.argsort(-(stored @ tiny.encode_queries("the cat sat on the mat")))[:3]
+    assert [h["index"] for h in hits] == expected.tolist() and hits[0]["text"] == CORPUS[expected[0]]
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+    plain = cli("search", "query", tmp_path / "index", "bamboo", "-k", "1")
+    assert plain.returncode == 0 and plain.stdout.startswith("query: bamboo\n    1. ")
+
+
+def test_search_errors(tmp_path):
+    missing = cli("search", "query", tmp_path / "nowhere", "q")
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS))
+    assert cli("search", "build", tmp_path / "corpus.txt", tmp_path / "index", "-m", TINY_DIR).returncode == 0
+    from tests.checkpoints import FIXTURES
+
+    wrong = cli("search", "query", tmp_path / "index", "q", "-m", FIXTURES / "bert-wide")
+    assert wrong.returncode == 2 and "48-dim vectors but the index holds 32-dim" in wrong.stderr
+    assert cli("search", "query", tmp_path / "index", "q", "--top-k", "0").returncode == 2
+
+
+def test_similarity(tiny):
+    result = cli("similarity", "-m", TINY_DIR, "--query", "a cat", "a kitten")
+    assert result.returncode == 0, result.stderr
+    a, b = tiny.encode_queries(["a cat", "a kitten"])
+    assert abs(float(result.stdout) - float(a @ b)) < 1e-6
+
+
+def test_model_not_resolvable_offline(tmp_path):
+    import os
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "empty"))
+    env.pop("E5NP_MODEL", None)
+    result = cli("embed", "hello", env=env)
+    assert result.returncode == 2
+    assert "intfloat/e5-small is not in the Hugging Face cache and downloads are off" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["embed", "search", "similarity", "serve", "parity"])
+def test_every_subcommand_has_help(command):
+    result = cli(command, "--help")
+    assert result.returncode == 0 and "usage: e5np" in result.stdout

@@ -1,0 +1,139 @@
+"""The OpenAI-compatible server: the real openai client, raw HTTP for errors, and a bounded load test."""
+
+import http.client
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import e5np
+from e5np.server import float_vectors_from_base64, make_server, serve_in_thread
+from tests.checkpoints import TINY_DIR
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return e5np.load(TINY_DIR)
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    srv = make_server(tiny, "127.0.0.1", 0, model_name="tiny-bert", max_body_bytes=64 * 1024, max_inputs=16)
+    serve_in_thread(srv)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def request(server, method, path, body=None, headers=None):
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    connection.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    payload = response.read()
+    connection.close()
+    return response.status, json.loads(payload) if payload else None
+
+
+def test_openai_client_float_and_base64(server, tiny):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="unused")
+    texts = ["query: hello world", "passage: the cat sat on the mat", ""]
+    response = client.embeddings.create(model="tiny-bert", input=texts, encoding_format="float")
+    assert response.model == "tiny-bert" and [d.index for d in response.data] == [0, 1, 2]
+    np.testing.assert_allclose([d.embedding for d in response.data], tiny.encode(texts), atol=1e-7)
+    assert response.usage.prompt_tokens == response.usage.total_tokens == int(tiny.tokenize(texts).lengths.sum())
+    single = client.embeddings.create(model="tiny-bert", input="just one")
+    np.testing.assert_allclose(single.data[0].embedding, tiny.encode("just one"), atol=1e-7)
+
+
+def test_base64_encoding_raw(server, tiny):
+    status, body = request(server, "POST", "/v1/embeddings", {"input": ["a", "b c"], "encoding_format": "base64"})
+    assert status == 200
+    np.testing.assert_array_equal(float_vectors_from_base64([d["embedding"] for d in body["data"]]),
+                                  tiny.encode(["a", "b c"]))
+
+
+def test_health_and_models(server):
+    assert request(server, "GET", "/health") == (200, {"status": "ok", "model": "tiny-bert", "dim": 32})
+    status, body = request(server, "GET", "/v1/models")
+    assert status == 200 and body["data"][0]["id"] == "tiny-bert"
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ("{not json", 400, "not valid JSON"),
+    ("[1, 2]", 400, "must be a JSON object"),
+    ({"model": "x"}, 400, "'input' is required"),
+    ({"input": 5}, 400, "'input' must be a string or a non-empty array"),
+    ({"input": []}, 400, "non-empty"),
+    ({"input": ["ok", None]}, 400, "'input[1]' must be a string, got NoneType"),
+    ({"input": [[1, 2, 3]]}, 400, "token arrays are not supported"),
+    ({"input": "x", "encoding_format": "int8"}, 400, "'encoding_format'"),
+    ({"input": "x", "dimensions": 8}, 400, "'dimensions' is not supported"),
+    ({"input": ["x"] * 17}, 413, "the limit is 16"),
+    ({"input": "x" * 70_000}, 413, "exceeds the limit of 65536"),
+])
+def test_bad_requests_get_openai_errors(server, body, status, words):
+    got_status, got = request(server, "POST", "/v1/embeddings", body)
+    assert got_status == status
+    assert set(got["error"]) == {"message", "type", "param", "code"} and words in got["error"]["message"]
+    assert request(server, "GET", "/health")[0] == 200  # still serving
+
+
+def test_unknown_routes_are_404(server):
+    assert request(server, "GET", "/nope")[0] == 404
+    status, body = request(server, "POST", "/v1/chat/completions", {"input": "x"})
+    assert status == 404 and body["error"]["type"] == "not_found_error"
+
+
+def test_load_8_threads_x_50_requests(server, tiny):
+    texts = [f"request text number {i} about cats and dogs" for i in range(50)]
+    expected = tiny.encode(texts)
+    errors, mismatches = [], []
+
+    def client(worker):
+        for i in range(50):
+            j = (i + worker * 7) % 50
+            try:
+                status, body = request(server, "POST", "/v1/embeddings", {"input": [texts[j], texts[(j + 1) % 50]]})
+                got = np.array([d["embedding"] for d in body["data"]])
+                if status != 200 or np.abs(got - expected[[j, (j + 1) % 50]]).max() > 1e-6:
+                    mismatches.append((worker, i, status))
+            except Exception as e:  # collected and reported below
+                errors.append((worker, i, repr(e)))
+
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not mismatches, (errors[:3], mismatches[:3])
+
+
+def test_serve_command(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "e5np", "serve", "-m", str(TINY_DIR), "--port", str(port)],
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        assert f"http://127.0.0.1:{port}/v1/embeddings" in line
+        for _ in range(50):
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection.request("GET", "/health")
+                assert connection.getresponse().status == 200
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
