@@ -90,7 +90,7 @@ def walkthrough(model, text, label):
 
     ffn = p["layers"][0]["ffn"]
     after_attention = bert.layer_norm(f.hidden_states[0][0] + bert.self_attention(
-        f.hidden_states[0], bert.attention_bias(f.attention_mask, np.float32), **layer, n_heads=N)[0][0],
+        f.hidden_states[0], f.attention_mask.sum(axis=1), **layer, n_heads=N)[0][0],
         **p["layers"][0]["attention_norm"], eps=c.layer_norm_eps)
     pre = (after_attention @ ffn["up"]["w"] + ffn["up"]["b"])[t]          # [F]
     picks = np.argsort(pre)[[0, len(pre) // 4, len(pre) // 2, 3 * len(pre) // 4, -1]]

@@ -72,7 +72,9 @@ def in_blocks(fn, x, block_elements=32768):
 
 
 def linear(x, w, b):
-    return x @ w + b                                                   # [..., in] -> [..., out]
+    y = x @ w                                                          # [..., in] -> [..., out]
+    y += b                                                             # in place: y is ours, saves a copy
+    return y
 
 
 def layer_norm(x, g, b, eps):
@@ -93,13 +95,13 @@ def embed(input_ids, word, position, token_type, norm, eps, position_offset=0):
     return layer_norm(x, **norm, eps=eps)                              # [B, T, H]
 
 
-def attention_bias(attention_mask, dtype):
-    """0 where a key is a real token, a huge negative where it is padding, so softmax ignores it."""
-    padding = attention_mask[:, None, None, :] == 0                    # [B, T] -> [B, 1, 1, T]
-    return np.where(padding, np.finfo(dtype).min, 0).astype(dtype)     # broadcasts over heads, queries
+def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=False):
+    """Multi-head scaled dot-product self-attention of each text over its own real tokens.
 
-
-def self_attention(x, bias, query, key, value, output, n_heads):
+    Texts in a batch are right-padded to T tokens; text b has lengths[b] real ones. transformers adds
+    -inf to the scores of padded keys; slicing each text to its real tokens gives the same result
+    without computing the padded part, and keeps the [N, L, L] score matrix to one text at a time.
+    """
     B, T, H = x.shape
     D = H // n_heads
 
@@ -109,21 +111,26 @@ def self_attention(x, bias, query, key, value, output, n_heads):
     q = split_heads(linear(x, **query))                                # [B, N, T, D]
     k = split_heads(linear(x, **key))                                  # [B, N, T, D]
     v = split_heads(linear(x, **value))                                # [B, N, T, D]
-    scores = q @ k.transpose(0, 1, 3, 2)                               # [B, N, T, D] @ [B, N, D, T] -> [B, N, T, T]
-    scores *= D**-0.5                                                  # in place: scores is the largest array
-    scores += bias                                                     # padding keys -> -huge
-    probs = in_blocks(softmax, scores)                                 # each query's weights over keys sum to 1
-    context = (probs @ v).transpose(0, 2, 1, 3).reshape(B, T, H)       # [B, N, T, D] -> [B, T, H]
-    return linear(context, **output), probs                           # [B, T, H], [B, N, T, T]
+    context = np.zeros_like(q)                                         # padded rows stay 0
+    probs = np.zeros((B, n_heads, T, T), x.dtype) if keep_probs else None
+    for b, L in enumerate(lengths):
+        scores = q[b, :, :L] @ k[b, :, :L].transpose(0, 2, 1)          # [N, L, D] @ [N, D, L] -> [N, L, L]
+        scores *= D**-0.5                                              # in place: the largest array here
+        p = in_blocks(softmax, scores)                                 # each query's weights over keys sum to 1
+        context[b, :, :L] = p @ v[b, :, :L]                            # [N, L, L] @ [N, L, D] -> [N, L, D]
+        if keep_probs:
+            probs[b, :, :L, :L] = p
+    context = context.transpose(0, 2, 1, 3).reshape(B, T, H)           # [B, N, T, D] -> [B, T, H]
+    return linear(context, **output), probs                           # [B, T, H], [B, N, T, T] or None
 
 
 def feed_forward(x, up, down):
     return linear(in_blocks(gelu, linear(x, **up)), **down)            # [B, T, H] -> [B, T, F] -> [B, T, H]
 
 
-def encoder_layer(x, bias, layer, n_heads, eps):
+def encoder_layer(x, lengths, layer, n_heads, eps, keep_probs=False):
     """One post-LayerNorm transformer block: attention then feed-forward, each with a residual."""
-    attended, probs = self_attention(x, bias, **layer["attention"], n_heads=n_heads)
+    attended, probs = self_attention(x, lengths, **layer["attention"], n_heads=n_heads, keep_probs=keep_probs)
     x = layer_norm(x + attended, **layer["attention_norm"], eps=eps)   # [B, T, H]
     x = layer_norm(x + feed_forward(x, **layer["ffn"]), **layer["ffn_norm"], eps=eps)  # [B, T, H]
     return x, probs
@@ -168,11 +175,11 @@ def encode(input_ids, attention_mask, params, n_heads, eps, position_offset=0, k
     probabilities; each is None unless asked for.
     """
     x = embed(input_ids, **params["embeddings"], eps=eps, position_offset=position_offset)  # [B, T] -> [B, T, H]
-    bias = attention_bias(attention_mask, x.dtype)                     # [B, 1, 1, T]
+    lengths = attention_mask.sum(axis=1)                               # [B] real tokens per text (right-padded)
     hidden_states = [x] if keep_hidden else None
     attentions = [] if keep_attention else None
     for layer in params["layers"]:
-        x, probs = encoder_layer(x, bias, layer, n_heads, eps)         # [B, T, H] -> [B, T, H]
+        x, probs = encoder_layer(x, lengths, layer, n_heads, eps, keep_attention)  # [B, T, H] -> [B, T, H]
         if keep_hidden:
             hidden_states.append(x)
         if keep_attention:

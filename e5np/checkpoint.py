@@ -169,7 +169,7 @@ def _read_tensor(handle, path, name, dtype):
             return (raw.astype(np.uint32) << 16).view(np.float32).astype(dtype)
         if stored not in ("F16", "F32", "F64"):
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {stored}; expected a float type")
-        return handle.get_tensor(name).astype(dtype)
+        return handle.get_tensor(name).astype(dtype, copy=False)
     except SafetensorError as e:
         raise CheckpointError(f"{path}: tensor {name!r} could not be read ({e})") from None
 
@@ -242,8 +242,8 @@ def load_weights(directory, config, dtype=np.float32):
 def nest(tensors, config):
     """Flat transformers names -> the nested dict of `e5np.bert`, linear weights as [in, out]."""
 
-    def linear(prefix):
-        return {"w": np.ascontiguousarray(tensors[prefix + ".weight"].T), "b": tensors[prefix + ".bias"]}
+    def linear(prefix):  # torch stores [out, in]; the transposed view is [in, out] and BLAS reads it as is
+        return {"w": tensors[prefix + ".weight"].T, "b": tensors[prefix + ".bias"]}
 
     def norm(prefix):
         return {"g": tensors[prefix + ".weight"], "b": tensors[prefix + ".bias"]}

@@ -50,7 +50,7 @@ class Forward:
     input_ids: np.ndarray       # [B, T]
     attention_mask: np.ndarray  # [B, T]
     hidden_states: list         # L + 1 arrays [B, T, H]: the embedding output, then each layer's output
-    attentions: list            # L arrays [B, N, T, T] of attention probabilities, or None
+    attentions: list            # L arrays [B, N, T, T] of attention probabilities (0 for padding), or None
     pooled: np.ndarray          # [B, H] pooled over real tokens (the model's pooling)
     embeddings: np.ndarray      # [B, H] pooled, then L2-normalized if the model normalizes
 
@@ -77,7 +77,7 @@ def length_batches(lengths, batch_size, max_tokens):
 class Model:
     """A BERT-family sentence encoder: tokenize, encode, pool (E5: mean), normalize (E5: L2)."""
 
-    max_batch_tokens = 8192  # padded tokens per forward pass: bounds memory, keeps long texts apart
+    max_batch_tokens = 4096  # padded tokens per forward pass: bounds activation memory (~100 MB a worker)
 
     def __init__(self, params, config, tokenizer, max_length, dtype=np.float32, name=None, directory=None,
                  threads=None, pooling="mean", normalize=True, prefixes=None):

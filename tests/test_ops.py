@@ -112,12 +112,14 @@ def test_self_attention_matches_per_head_float64_loop():
     params = small_params()
     x = np.random.RandomState(2).standard_normal((1, 6, 16)).astype(np.float32)
     mask = np.array([[1, 1, 1, 1, 0, 0]])
-    got, probs = bert.self_attention(x, bert.attention_bias(mask, np.float32), **params["layers"][0]["attention"],
-                                     n_heads=4)
+    got, probs = bert.self_attention(x, mask.sum(axis=1), **params["layers"][0]["attention"], n_heads=4,
+                                     keep_probs=True)
     want = attention_float64(x[0].astype(np.float64), params["layers"][0], 4, mask[0])
     assert np.abs(got[0, :4] - want[:4]).max() <= 1e-5
     assert (probs[..., 4:] == 0).all()                        # padding keys get no weight
-    np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-6)
+    assert bert.self_attention(x, mask.sum(axis=1), **params["layers"][0]["attention"], n_heads=4)[1] is None
+    np.testing.assert_allclose(probs[:, :, :4].sum(-1), 1, atol=1e-6)  # real queries: a distribution over keys
+    assert (probs[:, :, 4:] == 0).all()                                    # padded queries: not computed
 
 
 def test_padding_does_not_change_real_tokens():

@@ -170,7 +170,7 @@ def e5np_load_and_rss(directory, texts, threads):
         "for _ in range(3):\n"
         "    t = time.perf_counter(); m = e5np.load(sys.argv[1]); times.append(time.perf_counter() - t)\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "m.encode(texts, truncation='ignore', threads=int(sys.argv[2]))\n"
+        "m.encode(texts, truncation='ignore', threads=int(sys.argv[2]) or None)\n"
         "print(json.dumps({'load_s': sorted(times)[1], 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(directory), str(threads)], input=json.dumps(texts),
@@ -208,14 +208,20 @@ def main():
                 start = time.perf_counter()
                 vectors[name] = run(texts)
                 times[name].append(time.perf_counter() - start)
+        report(args, texts, tokens, directory, times, vectors)
         memory = e5np_load_and_rss(directory, texts, args.threads or 0)
+        weights_mb = (Path(directory) / "model.safetensors").stat().st_size / 2**20
+    print(f"e5np load {memory['load_s']:.3f} s (warm cache); peak RSS while embedding {memory['peak_rss_mb']:.0f} MB "
+          f"(weights {weights_mb:.0f} MB)")
 
-    weights_mb = (Path(directory) / "model.safetensors").stat().st_size / 2**20 if Path(directory).exists() else 0
-    print(f"corpus: {args.texts} {args.corpus} texts, {tokens} tokens; model {directory}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}")
+
+def report(args, texts, tokens, directory, times, vectors):
+    print(f"corpus: {len(texts)} {args.corpus} texts, {tokens} tokens; model {directory}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}; "
+          f"median of {args.runs} alternating runs")
     print()
-    print(f"| engine | texts/s | tokens/s | e5np speed-up | min cosine vs e5np |")
-    print(f"|---|---|---|---|---|")
+    print("| engine | texts/s | tokens/s | e5np speed-up | min cosine vs e5np |")
+    print("|---|---|---|---|---|")
     e5np_time = statistics.median(times["e5np"]) if "e5np" in times else None
     for name, samples in times.items():
         t = statistics.median(samples)
@@ -225,9 +231,7 @@ def main():
         print(f"| {name} | {len(texts) / t:,.0f} | {tokens / t:,.0f} | {ratio} | {cosine:.6f} |")
         if cosine < 0.99999:
             print(f"WARNING: {name} disagrees with e5np (cosine {cosine})", file=sys.stderr)
-    print()
-    print(f"e5np load {memory['load_s']:.3f} s (warm cache); peak RSS while embedding {memory['peak_rss_mb']:.0f} MB "
-          f"(weights {weights_mb:.0f} MB)")
+    print(flush=True)
 
 
 if __name__ == "__main__":
