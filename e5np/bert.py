@@ -72,9 +72,10 @@ def in_blocks(fn, x, block_elements=32768):
 
 
 def linear(x, w, b):
-    y = x @ w                                                          # [..., in] -> [..., out]
+    # One [B*T, in] @ [in, out] product: given [B, T, in], NumPy's matmul would run B small ones.
+    y = x.reshape(-1, x.shape[-1]) @ w                                 # [B*T, in] -> [B*T, out]
     y += b                                                             # in place: y is ours, saves a copy
-    return y
+    return y.reshape(*x.shape[:-1], w.shape[-1])                       # [B, T, out]
 
 
 def layer_norm(x, g, b, eps):
