@@ -106,3 +106,38 @@ def test_model_not_resolvable_offline(tmp_path):
 def test_every_subcommand_has_help(command):
     result = cli(command, "--help")
     assert result.returncode == 0 and "usage: e5np" in result.stdout
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    """With stderr a terminal, embed shows a tqdm bar; --quiet (and a pipe, as in every test above) hides it."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    (tmp_path / "in.txt").write_text("\n".join(CORPUS * 10))
+
+    def stderr_of(*extra):
+        leader, follower = pty.openpty()
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a real terminal's size
+        process = subprocess.Popen([sys.executable, "-m", "e5np", "embed", "-m", str(TINY_DIR), "-i",
+                                    str(tmp_path / "in.txt"), "-o", str(tmp_path / "v.npy"), *extra],
+                                   stdout=subprocess.DEVNULL, stderr=follower)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not data:
+                break
+            chunks.append(data)
+        process.wait(timeout=120)
+        os.close(leader)
+        return b"".join(chunks).decode(errors="replace")
+
+    shown = stderr_of()
+    assert "50text" in shown.replace(" ", "") and "text/s" in shown
+    assert stderr_of("--quiet") == ""

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import e5np  # noqa: E402
 from e5np.parity import parity_report  # noqa: E402
-from tests.checkpoints import TINY_DIR, make_e5_shaped, minilm_dir  # noqa: E402
+from tests.checkpoints import FIXTURES, TINY_DIR, make_e5_shaped, minilm_dir  # noqa: E402
 from tests.corpus import PARITY_TEXTS  # noqa: E402
 
 
@@ -24,6 +24,8 @@ def main():
             ("e5-small-shaped (12 layers, random weights)", make_e5_shaped(Path(tmp) / "e5")[0]),
             ("all-MiniLM-L6-v2 (real weights)", minilm_dir()),
             ("tiny random BERT (2 layers, hidden 32)", TINY_DIR),
+            ("bert-wide (3 layers, hidden 48, eps 1e-7)", FIXTURES / "bert-wide"),
+            ("xlmr (XLM-RoBERTa, 2 layers)", FIXTURES / "xlmr"),
         ]
         print("| checkpoint | normalized max-abs | e5np-f32 vs f64 | transformers-f32 vs f64 "
               "| worst layer max-abs | e5np-f64 vs transformers-f64 |")
