@@ -41,6 +41,12 @@ def as_text_list(texts):
     return texts, False
 
 
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
 @dataclass
 class Forward:
     """Everything one forward pass computed, for inspection (see Model.forward)."""
@@ -82,6 +88,8 @@ class Model:
                  threads=None, pooling="mean", normalize=True, prefixes=None):
         if pooling not in bert.POOLINGS:
             raise ValueError(f"pooling must be one of {sorted(bert.POOLINGS)}, got {pooling!r}")
+        if threads is not None:
+            check_positive_int("threads", threads)
         self.params = params
         self.threads = threads or os.cpu_count() or 1
         self.pooling = pooling
@@ -129,14 +137,11 @@ class Model:
         normalize: L2-normalize the pooled vectors (default: what the checkpoint does; E5 does).
         """
         texts, single = as_text_list(texts)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_positive_int("batch_size", batch_size)
         if truncation not in ("warn", "ignore", "error"):
             raise ValueError(f"truncation must be 'warn', 'ignore' or 'error', got {truncation!r}")
-        threads = self.threads if threads is None else threads
+        threads = self.threads if threads is None else check_positive_int("threads", threads)
         normalize = self.normalize if normalize is None else normalize
-        if not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
 
         encodings = self.tokenizer.encode_batch(texts)
         truncated = [i for i, e in enumerate(encodings) if e.overflowing]

@@ -93,6 +93,19 @@ def test_bad_arguments_are_rejected(tiny):
         e5np.load(tiny.name, dtype="float16")
     with pytest.raises(ValueError, match="max_length"):
         e5np.load(tiny.name, max_length=10_000)
+    for threads in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            e5np.load(tiny.name, threads=threads)
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            tiny.encode(["x"], threads=threads)
+
+
+def test_threads_do_not_change_vectors(minilm):
+    from tests.corpus import PARITY_TEXTS
+
+    one = minilm.encode(PARITY_TEXTS, threads=1, batch_size=4, truncation="ignore")
+    two = minilm.encode(PARITY_TEXTS, threads=2, batch_size=4, truncation="ignore")
+    assert np.abs(one - two).max() <= 1e-6
 
 
 def test_truncation_is_reported(minilm):
