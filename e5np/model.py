@@ -143,21 +143,26 @@ class Model:
         threads = self.threads if threads is None else check_positive_int("threads", threads)
         normalize = self.normalize if normalize is None else normalize
 
-        encodings = self.tokenizer.encode_batch(texts)
+        vectors = self._embed_encodings(self.tokenizer.encode_batch(texts), batch_size, normalize, truncation,
+                                        threads)
+        return vectors[0] if single else vectors
+
+    def _embed_encodings(self, encodings, batch_size, normalize, truncation, threads):
+        """Already-tokenized texts -> [n, H]: the part of encode() after tokenizing (the server reuses it)."""
         truncated = [i for i, e in enumerate(encodings) if e.overflowing]
         if truncated and truncation != "ignore":
-            message = (f"{len(truncated)} of {len(texts)} text(s) exceed max_length={self.max_length} tokens and "
+            message = (f"{len(truncated)} of {len(encodings)} text(s) exceed max_length={self.max_length} tokens and "
                        f"were truncated: indices {truncated[:10]}{' ...' if len(truncated) > 10 else ''}")
             if truncation == "error":
                 raise ValueError(message)
-            warnings.warn(message, TruncationWarning, stacklevel=2)
+            warnings.warn(message, TruncationWarning, stacklevel=3)  # the caller of encode()
 
         def embed(rows):
             batch = pad([encodings[i] for i in rows], pad_id=self.config.pad_token_id)
             hidden, _, _ = self._run(batch)
             return self._pool(hidden, batch.attention_mask, normalize)             # [B, T, H] -> [B, H]
 
-        out = np.empty((len(texts), self.dim), dtype=self.dtype)
+        out = np.empty((len(encodings), self.dim), dtype=self.dtype)
         batches = length_batches([len(e.ids) for e in encodings], batch_size, self.max_batch_tokens)
         if threads == 1 or len(batches) == 1:
             for rows in batches:
@@ -166,7 +171,7 @@ class Model:
             with ThreadPoolExecutor(threads, initializer=use_one_blas_thread) as pool:
                 for rows, vectors in zip(batches, pool.map(embed, batches)):
                     out[rows] = vectors
-        return out[0] if single else out
+        return out
 
     def encode_queries(self, texts, **kwargs):
         """encode() with the model's query prefix ("query: " for E5) added to each text."""

@@ -52,8 +52,10 @@ def parse_request(body, max_inputs):
 
 
 def embeddings_response(model, texts, encoding, model_name):
-    vectors = model.encode(texts, truncation="ignore", threads=1)                     # [n, H] float32
-    tokens = int(model.tokenize(texts).lengths.sum())
+    encodings = model.tokenizer.encode_batch(texts)  # once: for the vectors and the usage count
+    vectors = model._embed_encodings(encodings, batch_size=32, normalize=model.normalize, truncation="ignore",
+                                     threads=1)                                       # [n, H] float32
+    tokens = sum(len(e.ids) for e in encodings)
     data = []
     for i, vector in enumerate(vectors):
         if encoding == "base64":  # little-endian float32 bytes, as the OpenAI API returns
