@@ -95,15 +95,17 @@ def walkthrough(model, text, label):
     pre = (after_attention @ ffn["up"]["w"] + ffn["up"]["b"])[t]          # [F]
     picks = np.argsort(pre)[[0, len(pre) // 4, len(pre) // 2, 3 * len(pre) // 4, -1]]
     out.append(f"## 4. Feed-forward and GELU ({link(bert.feed_forward)}, {link(bert.gelu)})\n")
-    out.append(f"Each token goes up to {c.intermediate_size} units, through GELU(x) = x·Φ(x) = x/2·(1 + erf(x/√2)), "
-               f"and back down to {H}. NumPy has no erf: e5np evaluates two polynomial fits ({link(bert.erf)}). "
-               f"A few of token {t}'s units:\n")
-    out.append("| x | erf(x/√2), e5np | erf(x/√2), math.erf | GELU(x) |\n|---|---|---|---|")
+    out.append(f"Each token goes up to {c.intermediate_size} units, through GELU(x) = x·Φ(x) (Φ the standard normal "
+               f"CDF), and back down to {H}. NumPy has no erf: e5np writes GELU(x) = relu(x) − |x|·Q(|x|), with "
+               f"Q = 1 − Φ the upper tail, and evaluates Q(z) = e^(−z²/2)·R(z / (2√2 + z)) with a fitted polynomial "
+               f"R ({link(bert.normal_tail)}). A few of token {t}'s units:\n")
+    out.append("| x | Q(\\|x\\|), e5np | Q(\\|x\\|), math.erfc | GELU(x), e5np | GELU(x), float64 |\n|---|---|---|---|---|")
     for i in picks:
         v = np.float32(pre[i])
-        ours = float(bert.erf(np.array([v * np.float32(math.sqrt(0.5))]))[0])
-        out.append(f"| {v:+.4f} | {ours:+.7f} | {math.erf(float(v) / math.sqrt(2)):+.7f} | "
-                   f"{float(bert.gelu(np.array([v]))[0]):+.4f} |")
+        ours = float(bert.normal_tail(np.abs(np.array([v])))[0])
+        exact = math.erfc(abs(float(v)) / math.sqrt(2)) / 2
+        out.append(f"| {v:+.4f} | {ours:.7e} | {exact:.7e} | {float(bert.gelu(np.array([v]))[0]):+.7g} | "
+                   f"{float(v) * math.erfc(-float(v) / math.sqrt(2)) / 2:+.7g} |")
     out.append("\nNegative inputs are squashed towards 0, positive ones pass almost unchanged.\n")
 
     last = f.hidden_states[-1][0]                               # [T, H]

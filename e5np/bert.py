@@ -15,78 +15,93 @@ import math
 
 import numpy as np
 
-# --- erf and GELU --------------------------------------------------------------------------------
-# NumPy has no erf. In float32 we evaluate two polynomial fits made by tools/fit_erf.py (least
-# squares on relative error against math.erf); measured error <= 2.7 float32 ulps over the line.
-ERF_SMALL = (1.128379166509964, -0.3761262884283033, 0.11283612422318223, -0.026854808267527508,
-             0.0051900530189001376, -0.0008024348790295686, 7.898191134634727e-05)
-ERF_LARGE = (-1.747788565090705e-05, 0.28242407321437907, 0.27944917988084494, 0.2584056361753531,
-             0.14786816066333916, 0.11620654565476934, 0.004984889959139878, -0.11655589356745849,
-             -0.04898993611498917, 0.11734923161905016, -0.0411886200648701)
-ERF_SATURATES_AT = 4.0  # 1 - erf(4) = 1.5e-8, below float32's spacing just under 1
+# --- GELU ----------------------------------------------------------------------------------------
+# GELU(x) = x Φ(x), Φ the standard normal CDF. Writing Q(z) = 1 - Φ(z) for the upper tail,
+# Φ(x) = 1 - Q(|x|) when x >= 0 and Q(|x|) when x < 0, so for every x
+#     GELU(x) = relu(x) - |x| Q(|x|)
+# one formula for both signs, and no cancellation: |x| Q(|x|) <= relu(x) / 2 where they meet.
+# NumPy has no erf or erfc. Q(|x|) = e^{-x²/2} R(s), s = a / (2 + a), a = |x|/√2, where
+# R(s) ≈ erfc(a) e^{a²} / 2 is a polynomial fitted by tools/fit_gelu.py (relative error 1.3e-8 on
+# a in [0, 6]; further out |x| Q(|x|) is far below float32's resolution of x).
+NORMAL_TAIL = (0.4999999936518022, -1.1283777948374714, 0.8715701747138801, -0.13664840248391497,
+               -0.16100180698363195, 0.027404015517239744, -0.020770551579404984, 0.11751339964117123,
+               -0.09005029844732813, 0.020331688495849796)
 
 
 def polynomial(coefficients, t):
     """c0 + c1 t + c2 t^2 + ..., by Horner's rule in t's dtype."""
-    result = np.full_like(t, coefficients[-1])
-    for c in coefficients[-2::-1]:
-        result *= t
+    result = t * coefficients[-1]
+    for c in coefficients[-2:0:-1]:
         result += c
+        result *= t
+    result += coefficients[0]
     return result
+
+
+def normal_tail(x):
+    """Q(x) = P(Z > x) = erfc(x/√2) / 2 for x >= 0, in float32.
+
+    Relative error within 4 ulps * (1 + x²/2): the x²/2 part is float32 rounding x² inside e^{-x²/2}.
+    """
+    s = x / (2 * math.sqrt(2) + x)                                     # a / (2 + a) with a = x/√2, in [0, 1)
+    with np.errstate(over="ignore"):                                   # x² = inf past 1.8e19; e^-inf = 0 is right
+        return np.exp(x * x * -0.5) * polynomial(NORMAL_TAIL, s)       # e^{-x²/2} R(s)
 
 
 _math_erf = np.frompyfunc(math.erf, 1, 1)
 
 
 def erf(x):
-    """The error function, accurate to the precision of x's dtype."""
-    if x.dtype == np.float64:
-        # Ground-truth mode: the C library's erf, element by element. Slow, exact to ~1 ulp.
-        return _math_erf(x).astype(np.float64)
-    a = np.minimum(np.abs(x), np.float32(ERF_SATURATES_AT))
-    c = np.clip(x, -1, 1)                                             # this branch is only kept for |x| <= 1
-    near_zero = c * polynomial(ERF_SMALL, c * c)                      # erf(x) = x P(x^2)
-    tail = 1 - np.exp(-a * a) * polynomial(ERF_LARGE, 1 / (1 + a / 2))  # erf(a) = 1 - e^{-a^2} R(t)
-    return np.where(a <= 1, near_zero, np.copysign(tail, x))
+    """The error function of the C library, element by element, in float64 (slow; ground truth)."""
+    return _math_erf(np.asarray(x, np.float64)).astype(np.float64)
 
 
 def gelu(x):
-    """Exact GELU, x * Phi(x), Phi the standard normal CDF (BERT's "gelu")."""
-    return x * 0.5 * (1 + erf(x * np.asarray(math.sqrt(0.5), x.dtype)))
+    """Exact GELU, x Φ(x) (BERT's "gelu"), to the precision of x's dtype."""
+    if x.dtype == np.float64:
+        return x * 0.5 * (1 + erf(x * math.sqrt(0.5)))                 # the definition, with libm's erf
+    magnitude = np.abs(x)
+    return (x + magnitude) * 0.5 - magnitude * normal_tail(magnitude)  # relu(x) - |x| Q(|x|)
 
 
 # --- the building blocks -------------------------------------------------------------------------
-def in_blocks(fn, x, block_elements=32768):
-    """fn applied to x's rows a few at a time: the same numbers as fn(x), several times faster.
+def in_blocks(fn, *arrays, out=None, block_elements=65536):
+    """fn applied to the arrays' rows a few at a time: the same numbers as fn(*arrays), several times faster.
 
     fn must treat each row (last axis) on its own: elementwise (GELU) or row-wise (softmax, LayerNorm).
     A chain of NumPy ufuncs over a whole [B, T, F] array streams every temporary through main memory;
-    on 32K-element blocks (128 KB) the temporaries stay in cache.
+    on 64K-element blocks (256 KB) the temporaries stay in cache. The arrays share their leading axes.
+    out may be one of the arrays: each block is read before its result is written over it.
     """
-    rows = x.reshape(-1, x.shape[-1])                                  # [..., C] -> [R, C]
-    step = max(1, block_elements // x.shape[-1])
-    out = np.empty_like(rows)
-    for start in range(0, len(rows), step):
-        out[start:start + step] = fn(rows[start:start + step])
-    return out.reshape(x.shape)
+    rows = [a.reshape(-1, a.shape[-1]) for a in arrays]                # [..., C] -> [R, C]
+    step = max(1, block_elements // max(r.shape[-1] for r in rows))
+    result = None if out is None else out.reshape(-1, out.shape[-1])
+    for start in range(0, len(rows[0]), step):
+        block = fn(*(r[start:start + step] for r in rows))
+        if result is None:
+            result = np.empty((len(rows[0]), block.shape[-1]), block.dtype)
+        result[start:start + step] = block
+    return result.reshape(*arrays[0].shape[:-1], result.shape[-1])
 
 
-def linear(x, w, b):
+def linear(x, w, b=None):
     # One [B*T, in] @ [in, out] product: given [B, T, in], NumPy's matmul would run B small ones.
     y = x.reshape(-1, x.shape[-1]) @ w                                 # [B*T, in] -> [B*T, out]
-    y += b                                                             # in place: y is ours, saves a copy
+    if b is not None:
+        y += b                                                         # in place: y is ours, saves a copy
     return y.reshape(*x.shape[:-1], w.shape[-1])                       # [B, T, out]
 
 
 def layer_norm(x, g, b, eps):
-    mean = x.mean(axis=-1, keepdims=True)                              # [B, T, H] -> [B, T, 1]
-    variance = np.square(x - mean).mean(axis=-1, keepdims=True)        # [B, T, H] -> [B, T, 1]
-    return (x - mean) / np.sqrt(variance + eps) * g + b                # [B, T, H]
+    centered = x - x.mean(axis=-1, keepdims=True)                      # [B, T, H], each token's mean removed
+    variance = np.square(centered).mean(axis=-1, keepdims=True)        # [B, T, H] -> [B, T, 1]
+    return centered / np.sqrt(variance + eps) * g + b                  # [B, T, H]
 
 
 def softmax(x):
     e = np.exp(x - x.max(axis=-1, keepdims=True))                      # shift for overflow safety
-    return e / e.sum(axis=-1, keepdims=True)
+    e /= e.sum(axis=-1, keepdims=True)                                 # in place: e is ours
+    return e
 
 
 def embed(input_ids, word, position, token_type, norm, eps, position_offset=0):
@@ -96,12 +111,24 @@ def embed(input_ids, word, position, token_type, norm, eps, position_offset=0):
     return layer_norm(x, **norm, eps=eps)                              # [B, T, H]
 
 
+def equal_length_runs(lengths, cost, budget):
+    """(start, stop, L): runs of consecutive texts of equal length L, each run costing at most budget
+    (cost(L) per text) unless a single text costs more."""
+    start = 0
+    for stop in range(1, len(lengths) + 1):
+        L = int(lengths[start])
+        if stop == len(lengths) or lengths[stop] != L or (stop + 1 - start) * cost(L) > budget:
+            yield start, stop, L
+            start = stop
+
+
 def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=False):
     """Multi-head scaled dot-product self-attention of each text over its own real tokens.
 
     Texts in a batch are right-padded to T tokens; text b has lengths[b] real ones. transformers adds
     -inf to the scores of padded keys; slicing each text to its real tokens gives the same result
-    without computing the padded part, and keeps the [N, L, L] score matrix to one text at a time.
+    without computing the padded part. Texts of equal length (batches are sorted by length) share
+    one stacked product of at most ~1M scores (4 MB), or one text's if that is more.
     """
     B, T, H = x.shape
     D = H // n_heads
@@ -112,28 +139,32 @@ def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=Fa
     q = split_heads(linear(x, **query))                                # [B, N, T, D]
     k = split_heads(linear(x, **key))                                  # [B, N, T, D]
     v = split_heads(linear(x, **value))                                # [B, N, T, D]
-    context = np.zeros_like(q)                                         # padded rows stay 0
+    context = np.zeros((B, T, n_heads, D), x.dtype)                    # padded rows stay 0
     probs = np.zeros((B, n_heads, T, T), x.dtype) if keep_probs else None
-    for b, L in enumerate(lengths):
-        scores = q[b, :, :L] @ k[b, :, :L].transpose(0, 2, 1)          # [N, L, D] @ [N, D, L] -> [N, L, L]
-        scores *= D**-0.5                                              # in place: the largest array here
-        p = in_blocks(softmax, scores)                                 # each query's weights over keys sum to 1
-        context[b, :, :L] = p @ v[b, :, :L]                            # [N, L, L] @ [N, L, D] -> [N, L, D]
+    for start, stop, L in equal_length_runs(lengths, cost=lambda L: n_heads * L * L, budget=2**20):
+        texts = slice(start, stop)                                     # n texts of L real tokens each
+        scores = q[texts, :, :L] @ k[texts, :, :L].swapaxes(-1, -2)    # [n, N, L, D] @ [n, N, D, L] -> [n, N, L, L]
+        p = in_blocks(lambda rows: softmax(rows * D**-0.5), scores, out=scores)  # each query's weights sum to 1
+        context[texts, :L] = (p @ v[texts, :, :L]).swapaxes(1, 2)      # [n, N, L, D] -> [n, L, N, D]
         if keep_probs:
-            probs[b, :, :L, :L] = p
-    context = context.transpose(0, 2, 1, 3).reshape(B, T, H)           # [B, N, T, D] -> [B, T, H]
-    return linear(context, **output), probs                           # [B, T, H], [B, N, T, T] or None
+            probs[texts, :, :L, :L] = p
+    return linear(context.reshape(B, T, H), **output), probs           # [B, T, H], [B, N, T, T] or None
 
 
 def feed_forward(x, up, down):
-    return linear(in_blocks(gelu, linear(x, **up)), **down)            # [B, T, H] -> [B, T, F] -> [B, T, H]
+    h = linear(x, up["w"])                                             # [B, T, H] -> [B, T, F]
+    h = in_blocks(lambda rows: gelu(rows + up["b"]), h, out=h)         # bias and GELU while the rows are in cache
+    return linear(h, **down)                                           # [B, T, F] -> [B, T, H]
 
 
 def encoder_layer(x, lengths, layer, n_heads, eps, keep_probs=False):
     """One post-LayerNorm transformer block: attention then feed-forward, each with a residual."""
+    def add_and_norm(residual, update, norm):                          # LayerNorm(residual + update), over update
+        return in_blocks(lambda r, u: layer_norm(r + u, **norm, eps=eps), residual, update, out=update)
+
     attended, probs = self_attention(x, lengths, **layer["attention"], n_heads=n_heads, keep_probs=keep_probs)
-    x = layer_norm(x + attended, **layer["attention_norm"], eps=eps)   # [B, T, H]
-    x = layer_norm(x + feed_forward(x, **layer["ffn"]), **layer["ffn_norm"], eps=eps)  # [B, T, H]
+    x = add_and_norm(x, attended, layer["attention_norm"])             # [B, T, H]
+    x = add_and_norm(x, feed_forward(x, **layer["ffn"]), layer["ffn_norm"])  # [B, T, H]
     return x, probs
 
 

@@ -168,8 +168,9 @@ class Model:
             for rows in batches:
                 out[rows] = embed(rows)
         else:
-            with ThreadPoolExecutor(threads, initializer=use_one_blas_thread) as pool:
-                for rows, vectors in zip(batches, pool.map(embed, batches)):
+            longest_first = batches[::-1]                                  # the costliest work starts first:
+            with ThreadPoolExecutor(threads, initializer=use_one_blas_thread) as pool:  # no lone straggler
+                for rows, vectors in zip(longest_first, pool.map(embed, longest_first)):
                     out[rows] = vectors
         return out
 
