@@ -122,13 +122,17 @@ def equal_length_runs(lengths, cost, budget):
             start = stop
 
 
+SCORES_PER_STEP = 2**15  # 128 KB of float32 scores: they stay in cache from one matmul through softmax to the next
+
+
 def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=False):
     """Multi-head scaled dot-product self-attention of each text over its own real tokens.
 
     Texts in a batch are right-padded to T tokens; text b has lengths[b] real ones. transformers adds
     -inf to the scores of padded keys; slicing each text to its real tokens gives the same result
-    without computing the padded part. Texts of equal length (batches are sorted by length) share
-    one stacked product of at most ~1M scores (4 MB), or one text's if that is more.
+    without computing the padded part. The [L, L] score matrices are made a few at a time: several
+    heads (and several texts of equal length: batches are sorted by length) per step when they are
+    small, one head per step when they are large.
     """
     B, T, H = x.shape
     D = H // n_heads
@@ -141,13 +145,16 @@ def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=Fa
     v = split_heads(linear(x, **value))                                # [B, N, T, D]
     context = np.zeros((B, T, n_heads, D), x.dtype)                    # padded rows stay 0
     probs = np.zeros((B, n_heads, T, T), x.dtype) if keep_probs else None
-    for start, stop, L in equal_length_runs(lengths, cost=lambda L: n_heads * L * L, budget=2**20):
+    for start, stop, L in equal_length_runs(lengths, cost=lambda L: n_heads * L * L, budget=SCORES_PER_STEP):
         texts = slice(start, stop)                                     # n texts of L real tokens each
-        scores = q[texts, :, :L] @ k[texts, :, :L].swapaxes(-1, -2)    # [n, N, L, D] @ [n, N, D, L] -> [n, N, L, L]
-        p = in_blocks(lambda rows: softmax(rows * D**-0.5), scores, out=scores)  # each query's weights sum to 1
-        context[texts, :L] = (p @ v[texts, :, :L]).swapaxes(1, 2)      # [n, N, L, D] -> [n, L, N, D]
-        if keep_probs:
-            probs[texts, :, :L, :L] = p
+        heads_per_step = max(1, SCORES_PER_STEP // ((stop - start) * L * L))
+        for first in range(0, n_heads, heads_per_step):
+            heads = slice(first, first + heads_per_step)               # h heads
+            scores = q[texts, heads, :L] @ k[texts, heads, :L].swapaxes(-1, -2)  # [n, h, L, D] @ [., D, L] -> [n, h, L, L]
+            p = softmax(scores * D**-0.5)                              # each query's weights over keys sum to 1
+            context[texts, :L, heads] = (p @ v[texts, heads, :L]).swapaxes(1, 2)  # [n, h, L, D] -> [n, L, h, D]
+            if keep_probs:
+                probs[texts, heads, :L, :L] = p
     return linear(context.reshape(B, T, H), **output), probs           # [B, T, H], [B, N, T, T] or None
 
 
