@@ -30,11 +30,10 @@ NORMAL_TAIL = (0.4999999936518022, -1.1283777948374714, 0.8715701747138801, -0.1
 
 def polynomial(coefficients, t):
     """c0 + c1 t + c2 t^2 + ..., by Horner's rule in t's dtype."""
-    result = t * coefficients[-1]
-    for c in coefficients[-2:0:-1]:
-        result += c
+    result = np.full_like(t, coefficients[-1])
+    for c in coefficients[-2::-1]:
         result *= t
-    result += coefficients[0]
+        result += c
     return result
 
 
@@ -71,7 +70,8 @@ def in_blocks(fn, *arrays, out=None, block_elements=65536):
     fn must treat each row (last axis) on its own: elementwise (GELU) or row-wise (softmax, LayerNorm).
     A chain of NumPy ufuncs over a whole [B, T, F] array streams every temporary through main memory;
     on 64K-element blocks (256 KB) the temporaries stay in cache. The arrays share their leading axes.
-    out may be one of the arrays: each block is read before its result is written over it.
+    out (C-contiguous, the result's shape) may be one of the arrays: each block is read before its
+    result is written over it.
     """
     rows = [a.reshape(-1, a.shape[-1]) for a in arrays]                # [..., C] -> [R, C]
     step = max(1, block_elements // max(r.shape[-1] for r in rows))
@@ -150,7 +150,8 @@ def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=Fa
         heads_per_step = max(1, SCORES_PER_STEP // ((stop - start) * L * L))
         for first in range(0, n_heads, heads_per_step):
             heads = slice(first, first + heads_per_step)               # h heads
-            scores = q[texts, heads, :L] @ k[texts, heads, :L].swapaxes(-1, -2)  # [n, h, L, D] @ [., D, L] -> [n, h, L, L]
+            keys = k[texts, heads, :L].swapaxes(-1, -2)                # [n, h, D, L]
+            scores = q[texts, heads, :L] @ keys                        # [n, h, L, D] @ [n, h, D, L] -> [n, h, L, L]
             p = softmax(scores * D**-0.5)                              # each query's weights over keys sum to 1
             context[texts, :L, heads] = (p @ v[texts, heads, :L]).swapaxes(1, 2)  # [n, h, L, D] -> [n, L, h, D]
             if keep_probs:

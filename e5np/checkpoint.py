@@ -23,7 +23,8 @@ OPTIONAL_PREFIXES = ("bert.", "roberta.")  # *For* task checkpoints nest the enc
 # Architectures that are BERT encoders with different bookkeeping. RoBERTa and XLM-RoBERTa
 # (multilingual-e5) number positions from pad_token_id + 1, so their position table is
 # pad_token_id + 1 rows longer than the longest input.
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+ROBERTA_TYPES = ("roberta", "xlm-roberta")
+SUPPORTED_MODEL_TYPES = ("bert",) + ROBERTA_TYPES
 
 SUPPORTED_ACTIVATIONS = ("gelu",)  # transformers' "gelu" is the exact erf form
 
@@ -86,10 +87,10 @@ class BertConfig:
         eps = d.get("layer_norm_eps", 1e-12)
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
             raise problem(f"layer_norm_eps must be a small positive number, got {eps!r}")
-        pad = d.get("pad_token_id", 1 if model_type in ("roberta", "xlm-roberta") else 0)
+        pad = d.get("pad_token_id", 1 if model_type in ROBERTA_TYPES else 0)
         if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < sizes["vocab_size"]:
             raise problem(f"pad_token_id must be a token id below vocab_size, got {pad!r}")
-        offset = pad + 1 if model_type in ("roberta", "xlm-roberta") else 0
+        offset = pad + 1 if model_type in ROBERTA_TYPES else 0
         if offset >= sizes["max_position_embeddings"] - 1:
             raise problem(f"max_position_embeddings {sizes['max_position_embeddings']} leaves no room past "
                           f"pad_token_id {pad} for {model_type} positions")
@@ -273,7 +274,6 @@ def nest(tensors, config):
     }
 
 
-
 # --- sentence-transformers layout ----------------------------------------------------------------
 ST_MODULES = "modules.json"
 ST_POOLING_MODES = {  # 1_Pooling/config.json flag -> e5np.bert.POOLINGS key
@@ -316,12 +316,10 @@ def load_sentence_transformers_head(directory):
 
 def _read_pooling(path):
     settings = read_json(path)
-    chosen = [mode for flag, mode in ST_POOLING_MODES.items() if settings.get(flag)]
-    unsupported = [flag for flag in ST_UNSUPPORTED_MODES if settings.get(flag)]
-    if unsupported or len(chosen) != 1:
-        raise CheckpointError(f"{path}: e5np supports exactly one of {sorted(ST_POOLING_MODES)}; "
-                              f"this sets {sorted(unsupported + [k for k, v in ST_POOLING_MODES.items() if v in chosen])}")
-    return chosen[0]
+    flags_set = sorted(flag for flag in (*ST_POOLING_MODES, *ST_UNSUPPORTED_MODES) if settings.get(flag))
+    if len(flags_set) != 1 or flags_set[0] not in ST_POOLING_MODES:
+        raise CheckpointError(f"{path}: e5np supports exactly one of {sorted(ST_POOLING_MODES)}; this sets {flags_set}")
+    return ST_POOLING_MODES[flags_set[0]]
 
 
 def load_prompts(directory):

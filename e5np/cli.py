@@ -163,16 +163,19 @@ def cmd_embed(args):
     else:
         raise CliError("no texts: give them as arguments, with --input FILE, or on stdin (one per line)")
     model = load_model(args)
-    encode = choose_encoder(model, args)
-    writer = EmbeddingWriter(args.output)
+    embed_stream(choose_encoder(model, args), source, EmbeddingWriter(args.output), args, model.dim)
+    return 0
+
+
+def embed_stream(encode, texts, writer, args, dim):
+    """Embed texts CHUNK at a time into writer: bounded memory for any input size."""
     try:
         with progress(args) as bar:
-            for chunk in chunks(source):
+            for chunk in chunks(texts):
                 writer.write(chunk, encode_with_warnings(encode, chunk, args.batch_size, offset=writer.rows))
                 bar.update(len(chunk))
     finally:
-        writer.close(model.dim)
-    return 0
+        writer.close(dim)
 
 
 def cmd_search_build(args):
@@ -181,17 +184,16 @@ def cmd_search_build(args):
     model = load_model(args)
     out = Path(args.index)
     out.mkdir(parents=True, exist_ok=True)
-    writer = EmbeddingWriter(str(out / VECTORS))
     passages = []
-    try:
-        with progress(args) as bar:
-            for chunk in chunks(iter_texts(args.corpus, args.field)):
-                writer.write(chunk, encode_with_warnings(model.encode_passages, chunk, args.batch_size, len(passages)))
-                passages.extend(chunk)
-                bar.update(len(chunk))
-    finally:
-        writer.close(model.dim)
-    save_index(out, out / VECTORS, passages, args.model, model.dim)
+
+    def kept(texts):  # the passages are stored beside their vectors
+        for text in texts:
+            passages.append(text)
+            yield text
+
+    writer = EmbeddingWriter(str(out / VECTORS))
+    embed_stream(model.encode_passages, kept(iter_texts(args.corpus, args.field)), writer, args, model.dim)
+    save_index(out, passages, args.model, model.dim)
     print(f"e5np: indexed {len(passages)} passages in {out}", file=sys.stderr)
     return 0
 
@@ -275,15 +277,18 @@ def build_parser():
                        help=f"hub id or local directory (default {default or 'the one the index was built with'})")
 
     def encoding_options(p, input_help="file with one text per line, or .jsonl ('-' = stdin)"):
-        p.add_argument("--input", "-i", help=input_help)
+        if input_help:
+            p.add_argument("--input", "-i", help=input_help)
         p.add_argument("--field", help="JSON lines: the field holding the text (default 'text')")
         p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     def prefix_options(p):
         group = p.add_mutually_exclusive_group()
-        group.add_argument("--query", action="store_true", help="texts are queries: add the model's query prefix ('query: ' for E5)")
-        group.add_argument("--passage", action="store_true", help="texts are passages: add the model's passage prefix ('passage: ' for E5)")
+        group.add_argument("--query", action="store_true",
+                           help="texts are queries: add the model's query prefix ('query: ' for E5)")
+        group.add_argument("--passage", action="store_true",
+                           help="texts are passages: add the model's passage prefix ('passage: ' for E5)")
 
     embed = sub.add_parser("embed", help="embed texts", description=(
         "Embed texts given as arguments, read from --input (one per line, or JSON lines with --field) or from "
@@ -304,9 +309,7 @@ def build_parser():
     build.add_argument("corpus", help="text file (one passage per line) or .jsonl ('-' = stdin)")
     build.add_argument("index", help="directory to write vectors.npy, passages.jsonl, index.json into")
     model_option(build)
-    build.add_argument("--field", help="JSON lines: the field holding the text (default 'text')")
-    build.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
-    build.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    encoding_options(build, input_help=None)                           # the corpus is the positional argument
     build.set_defaults(run=cmd_search_build)
     query = search_sub.add_parser("query", help="top-k passages for queries")
     query.add_argument("index", help="an index directory made by `e5np search build`")

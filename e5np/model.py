@@ -47,6 +47,11 @@ def check_positive_int(name, value):
     return value
 
 
+def check_pooling(pooling):
+    if pooling not in bert.POOLINGS:
+        raise ValueError(f"pooling must be one of {sorted(bert.POOLINGS)}, got {pooling!r}")
+
+
 @dataclass
 class Forward:
     """Everything one forward pass computed, for inspection (see Model.forward)."""
@@ -86,8 +91,7 @@ class Model:
 
     def __init__(self, params, config, tokenizer, max_length, dtype=np.float32, name=None, directory=None,
                  threads=None, pooling="mean", normalize=True, prefixes=None):
-        if pooling not in bert.POOLINGS:
-            raise ValueError(f"pooling must be one of {sorted(bert.POOLINGS)}, got {pooling!r}")
+        check_pooling(pooling)
         if threads is not None:
             check_positive_int("threads", threads)
         self.params = params
@@ -212,8 +216,8 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if pooling is not None and pooling not in bert.POOLINGS:
-        raise ValueError(f"pooling must be one of {sorted(bert.POOLINGS)}, got {pooling!r}")
+    if pooling is not None:
+        check_pooling(pooling)  # before the weights are read
     directory = resolve(name_or_path, revision=revision, local_files_only=local_files_only,
                         cache_dir=cache_dir, token=token)
     config = load_config(directory)

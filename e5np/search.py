@@ -35,7 +35,8 @@ def top_k(vectors, queries, k, chunk_rows=65536):
     return np.take_along_axis(best_index, order, axis=1), np.take_along_axis(best_scores, order, axis=1)
 
 
-def save_index(directory, vectors_file, passages, model_name, dim):
+def save_index(directory, passages, model_name, dim):
+    """passages.jsonl and index.json beside the vectors.npy already written in directory."""
     directory = Path(directory)
     with open(directory / PASSAGES, "w", encoding="utf-8") as f:
         for text in passages:
