@@ -241,10 +241,14 @@ def load_weights(directory, config, dtype=np.float32):
 
 
 def nest(tensors, config):
-    """Flat transformers names -> the nested dict of `e5np.bert`, linear weights as [in, out]."""
+    """Flat transformers names -> the nested dict of `e5np.bert`, linear weights as [in, out].
 
-    def linear(prefix):  # torch stores [out, in]; the transposed view is [in, out] and BLAS reads it as is
-        return {"w": tensors[prefix + ".weight"].T, "b": tensors[prefix + ".bias"]}
+    The linear weights are taken out of `tensors` (each original is freed as soon as it is copied).
+    """
+
+    def linear(prefix):  # torch stores [out, in]; BLAS multiplies a contiguous [in, out] copy faster than .T
+        weight = tensors.pop(prefix + ".weight")
+        return {"w": np.ascontiguousarray(weight.T), "b": tensors[prefix + ".bias"]}
 
     def norm(prefix):
         return {"g": tensors[prefix + ".weight"], "b": tensors[prefix + ".bias"]}

@@ -149,6 +149,22 @@ def test_no_such_directory(tmp_path):
 
 
 # --- valid variants ------------------------------------------------------------------------------
+def test_linear_weights_are_contiguous_in_out_copies_of_the_file():
+    """torch stores [out, in]; e5np keeps [in, out] C-contiguous (BLAS multiplies it faster), same numbers."""
+    tensors = load_file(str(TINY_DIR / "model.safetensors"))
+    model = e5np.load(TINY_DIR)
+    layer = model.params["layers"][1]
+    for name, linear in [("attention.self.query", layer["attention"]["query"]),
+                         ("attention.self.key", layer["attention"]["key"]),
+                         ("attention.self.value", layer["attention"]["value"]),
+                         ("attention.output.dense", layer["attention"]["output"]),
+                         ("intermediate.dense", layer["ffn"]["up"]), ("output.dense", layer["ffn"]["down"])]:
+        stored = tensors[f"encoder.layer.1.{name}.weight"]
+        assert linear["w"].flags.c_contiguous and linear["w"].shape == stored.T.shape, name
+        np.testing.assert_array_equal(linear["w"], stored.T)
+        np.testing.assert_array_equal(linear["b"], tensors[f"encoder.layer.1.{name}.bias"])
+
+
 def test_float16_weights_load_as_float32(ckpt):
     edit_weights(ckpt, lambda t: {k: v.astype(np.float16) for k, v in t.items()})
     model = e5np.load(ckpt)
