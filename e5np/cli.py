@@ -276,9 +276,9 @@ def build_parser():
         p.add_argument("--model", "-m", default=default,
                        help=f"hub id or local directory (default {default or 'the one the index was built with'})")
 
-    def encoding_options(p, input_help="file with one text per line, or .jsonl ('-' = stdin)"):
-        if input_help:
-            p.add_argument("--input", "-i", help=input_help)
+    def encoding_options(p, with_input=True):
+        if with_input:
+            p.add_argument("--input", "-i", help="file with one text per line, or .jsonl ('-' = stdin)")
         p.add_argument("--field", help="JSON lines: the field holding the text (default 'text')")
         p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -309,7 +309,7 @@ def build_parser():
     build.add_argument("corpus", help="text file (one passage per line) or .jsonl ('-' = stdin)")
     build.add_argument("index", help="directory to write vectors.npy, passages.jsonl, index.json into")
     model_option(build)
-    encoding_options(build, input_help=None)                           # the corpus is the positional argument
+    encoding_options(build, with_input=False)                          # the corpus is the positional argument
     build.set_defaults(run=cmd_search_build)
     query = search_sub.add_parser("query", help="top-k passages for queries")
     query.add_argument("index", help="an index directory made by `e5np search build`")
