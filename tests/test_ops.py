@@ -1,6 +1,8 @@
 """The building blocks of e5np.bert against float64 references written out independently here."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,6 +28,16 @@ def test_normal_tail_float32_relative_error():
     relative = np.abs(got.astype(np.float64) - want) / want
     assert (relative / (1 + x64 ** 2 / 2)).max() <= 4 * 2.0**-24
     assert got[x == 0].tolist() == [0.5] * int((x == 0).sum())
+
+
+def test_normal_tail_coefficients_are_what_tools_fit_gelu_fits():
+    tool = Path(__file__).resolve().parents[1] / "tools" / "fit_gelu.py"
+    spec = importlib.util.spec_from_file_location("fit_gelu", tool)
+    fit_gelu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit_gelu)
+    coefficients, error = fit_gelu.fit()
+    np.testing.assert_allclose(bert.NORMAL_TAIL, coefficients, rtol=1e-6)
+    assert error <= 1.3e-8
 
 
 def test_normal_tail_far_out_is_zero_not_nan():
