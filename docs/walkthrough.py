@@ -90,9 +90,8 @@ def walkthrough(model, text, label):
                f"LayerNorm'd ({link(bert.encoder_layer)}).\n")
 
     ffn = p["layers"][0]["ffn"]
-    after_attention = bert.layer_norm(f.hidden_states[0][0] + bert.self_attention(
-        f.hidden_states[0], f.attention_mask.sum(axis=1), **layer, n_heads=N)[0][0],
-        **p["layers"][0]["attention_norm"], eps=c.layer_norm_eps)
+    after_attention = bert.layer_norm(x + bert.self_attention(x, np.array([T]), **layer, n_heads=N)[0],
+                                      **p["layers"][0]["attention_norm"], eps=c.layer_norm_eps)
     pre = (after_attention @ ffn["up"]["w"] + ffn["up"]["b"])[t]          # [F]
     picks = np.argsort(pre)[[0, len(pre) // 4, len(pre) // 2, 3 * len(pre) // 4, -1]]
     out.append(f"## 4. Feed-forward and GELU ({link(bert.feed_forward)}, {link(bert.gelu)})\n")

@@ -5,8 +5,12 @@ nested dict of arrays (see `e5np.checkpoint.load_weights`), linear weights store
 that a linear layer reads `x @ w + b`. Shape comments use
 
     B  batch size          T  tokens per text (after padding)
+    S  the batch's real tokens, every text's end to end (no padding), Σ of the texts' lengths
     H  hidden size (384 in e5-small)        F  feed-forward size (1536)
     N  attention heads (12)                 D  head size, H // N (32)
+
+Between the embeddings and the pooling the model works on [S, H] rows: every step but attention
+treats each token on its own, and attention slices each text's rows out.
 
 The whole model, top to bottom, is `encode` at the end of this file.
 """
@@ -35,8 +39,9 @@ NORMAL_TAIL = (0.500000006344287, -1.128380333248073, 0.8716570350396993, -0.137
 
 def polynomial(coefficients, t):
     """c0 + c1 t + c2 t^2 + ..., by Horner's rule in t's dtype."""
-    result = np.full_like(t, coefficients[-1])
-    for c in coefficients[-2::-1]:
+    result = t * coefficients[-1]                                      # the first step's product: no fill pass
+    result += coefficients[-2]
+    for c in coefficients[-3::-1]:
         result *= t
         result += c
     return result
@@ -83,7 +88,7 @@ def in_blocks(fn, *arrays, out=None, block_elements=262144):
     """fn applied to the arrays' rows a few at a time: the same numbers as fn(*arrays), several times faster.
 
     fn must treat each row (last axis) on its own: elementwise (GELU) or row-wise (softmax, LayerNorm).
-    A chain of NumPy ufuncs over a whole [B, T, F] array streams every temporary through main memory;
+    A chain of NumPy ufuncs over a whole [S, F] array streams every temporary through main memory;
     on 256K-element blocks (1 MB) the temporaries stay in the L3 cache. Not smaller: every NumPy call hands
     the GIL over, and worker threads wait for each other at those hand-overs (measured here: two
     workers ran GELU 1.4x as fast as one on 64K-element blocks, 1.8x on 256K). The arrays share their
@@ -103,36 +108,46 @@ def in_blocks(fn, *arrays, out=None, block_elements=262144):
 
 
 def linear(x, w, b=None):
-    # One [B*T, in] @ [in, out] product: given [B, T, in], NumPy's matmul would run B small ones.
-    y = x.reshape(-1, x.shape[-1]) @ w                                 # [B*T, in] -> [B*T, out]
+    y = x @ w                                                          # [S, in] @ [in, out] -> [S, out]
     if b is not None:
         y += b                                                         # in place: y is ours, saves a copy
-    return y.reshape(*x.shape[:-1], w.shape[-1])                       # [B, T, out]
+    return y
 
 
 def layer_norm(x, g, b, eps):
-    centered = x - x.mean(axis=-1, keepdims=True)                      # [B, T, H], each token's mean removed
-    variance = np.square(centered).mean(axis=-1, keepdims=True)        # [B, T, H] -> [B, T, 1]
+    centered = x - x.mean(axis=-1, keepdims=True)                      # [S, H], each token's mean removed
+    variance = np.square(centered).mean(axis=-1, keepdims=True)        # [S, H] -> [S, 1]
     centered /= np.sqrt(variance + eps)                                # in place from here: centered is ours
     centered *= g
     centered += b
-    return centered                                                    # [B, T, H]
+    return centered                                                    # [S, H]
+
+
+def row_max(x):
+    """x.max(axis=-1, keepdims=True), exactly. NumPy's reduction along rows pays a fixed cost per row (~8 ns
+    here), more than the arithmetic when rows are short, as a 13-token query's scores are: short rows are
+    reduced one column at a time instead, each step a vectorized maximum across all the rows."""
+    if x.shape[-1] > 24:                                               # past ~24 columns the row reduction wins
+        return x.max(axis=-1, keepdims=True)
+    peak = x[..., :1].copy()                                           # [..., 1]
+    for j in range(1, x.shape[-1]):
+        np.maximum(peak, x[..., j:j + 1], out=peak)
+    return peak
 
 
 def softmax_base2(x):
     """2^x / Σ 2^x along the last axis: the softmax of x·ln2. Attention measures its scores in bits
     (times log2 e) so that it can use exp2 (see LOG2_E)."""
-    e = x - x.max(axis=-1, keepdims=True)                              # shift for overflow safety
+    e = x - row_max(x)                                                 # shift for overflow safety
     np.exp2(e, out=e)                                                  # in place: e is ours
     e /= e.sum(axis=-1, keepdims=True)
     return e
 
 
-def embed(input_ids, word, position, token_type, norm, eps, position_offset=0):
-    T = input_ids.shape[1]
-    x = word[input_ids] + token_type[0]                                # [B, T] -> [B, T, H], segment A
-    x = x + position[position_offset:position_offset + T]              # absolute positions (RoBERTa's start past 0)
-    return layer_norm(x, **norm, eps=eps)                              # [B, T, H]
+def embed(token_ids, positions, word, position, token_type, norm, eps):
+    x = word[token_ids] + token_type[0]                                # [S] -> [S, H], segment A
+    x = x + position[positions]                                        # absolute positions
+    return layer_norm(x, **norm, eps=eps)                              # [S, H]
 
 
 def equal_length_runs(lengths, cost, budget):
@@ -150,48 +165,51 @@ SCORES_PER_STEP = 2**15  # 128 KB of float32 scores: they stay in cache from one
 
 
 def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=False):
-    """Multi-head scaled dot-product self-attention of each text over its own real tokens.
+    """Multi-head scaled dot-product self-attention of each text over its own tokens.
 
-    Texts in a batch are right-padded to T tokens; text b has lengths[b] real ones. transformers adds
-    -inf to the scores of padded keys; slicing each text to its real tokens gives the same result
-    without computing the padded part. The [L, L] score matrices are made a few at a time: several
-    heads (and several texts of equal length: batches are sorted by length) per step when they are
-    small, one head per step when they are large.
+    x holds the texts' tokens end to end, no padding: text b is lengths[b] rows, after those of texts
+    0..b-1. transformers pads texts to a common length and adds -inf to the scores of padded keys;
+    attending within each text's own rows gives the same result without computing the padded part.
+    The [L, L] score matrices are made a few at a time: several heads (and several texts of equal
+    length: batches are sorted by length) per step when they are small, one head per step when they
+    are large. probs, if kept: [B, N, L, L] with L the longest text, 0 past each text's end.
     """
-    B, T, H = x.shape
-    D = H // n_heads
-
-    def split_heads(y):  # [B, T, H] -> [B, N, T, D], copied so that each head's [T, D] is contiguous: faster BLAS
-        return np.ascontiguousarray(y.reshape(B, T, n_heads, D).transpose(0, 2, 1, 3))
-
-    q = split_heads(linear(x, **query))                                # [B, N, T, D]
-    k = split_heads(linear(x, **key))                                  # [B, N, T, D]
-    v = split_heads(linear(x, **value))                                # [B, N, T, D]
-    context = np.zeros((B, T, n_heads, D), x.dtype)                    # padded rows stay 0
-    probs = np.zeros((B, n_heads, T, T), x.dtype) if keep_probs else None
+    assert lengths.sum() == len(x), f"lengths add up to {lengths.sum()} tokens, x has {len(x)} rows"
+    D = x.shape[-1] // n_heads
+    q = linear(x, **query)                                             # [S, H]
+    k = linear(x, **key)                                               # [S, H]
+    v = linear(x, **value)                                             # [S, H]
+    context = np.empty_like(q)                                         # [S, H]: every row is some text's
+    first_row = np.concatenate([[0], np.cumsum(lengths)])              # text b is rows first_row[b]:first_row[b+1]
+    longest = int(lengths.max(initial=0))
+    probs = np.zeros((len(lengths), n_heads, longest, longest), x.dtype) if keep_probs else None
     in_bits = LOG2_E / math.sqrt(D)                                    # q·k/√D, measured in bits (for exp2)
     for start, stop, L in equal_length_runs(lengths, cost=lambda L: n_heads * L * L, budget=SCORES_PER_STEP):
-        texts = slice(start, stop)                                     # n texts of L real tokens each
+        rows = slice(first_row[start], first_row[stop])                # n texts of L tokens, end to end
+
+        def split_heads(y):  # [n*L, H] -> [n, N, L, D], a view: BLAS reads each head's [L, D] rows H apart
+            return y[rows].reshape(stop - start, L, n_heads, D).transpose(0, 2, 1, 3)  # (copies cost more)
+
+        q_run, k_run, v_run, context_run = split_heads(q), split_heads(k), split_heads(v), split_heads(context)
         heads_per_step = max(1, SCORES_PER_STEP // ((stop - start) * L * L))
         for first in range(0, n_heads, heads_per_step):
             heads = slice(first, first + heads_per_step)               # h heads
-            keys = k[texts, heads, :L].swapaxes(-1, -2)                # [n, h, D, L]
-            scores = q[texts, heads, :L] @ keys                        # [n, h, L, D] @ [n, h, D, L] -> [n, h, L, L]
+            scores = q_run[:, heads] @ k_run[:, heads].swapaxes(-1, -2)  # [n, h, L, D] @ [n, h, D, L] -> [n, h, L, L]
             scores *= in_bits
             p = softmax_base2(scores)                                  # each query's weights over keys sum to 1
-            context[texts, :L, heads] = (p @ v[texts, heads, :L]).swapaxes(1, 2)  # [n, h, L, D] -> [n, L, h, D]
+            np.matmul(p, v_run[:, heads], out=context_run[:, heads])   # [n, h, L, L] @ [n, h, L, D], into context
             if keep_probs:
-                probs[texts, heads, :L, :L] = p
-    return linear(context.reshape(B, T, H), **output), probs           # [B, T, H], [B, N, T, T] or None
+                probs[start:stop, heads, :L, :L] = p
+    return linear(context, **output), probs                            # [S, H], [B, N, L, L] or None
 
 
 def feed_forward(x, up, down):
-    h = linear(x, up["w"])                                             # [B, T, H] -> [B, T, F]
+    h = linear(x, up["w"])                                             # [S, H] -> [S, F]
     def bias_gelu(rows):                                               # rows of h: ours to add to in place
         rows += up["b"]
         return gelu(rows)
     h = in_blocks(bias_gelu, h, out=h)                                 # bias and GELU while the rows are in cache
-    return linear(h, **down)                                           # [B, T, F] -> [B, T, H]
+    return linear(h, **down)                                           # [S, F] -> [S, H]
 
 
 def encoder_layer(x, lengths, layer, n_heads, eps, keep_probs=False):
@@ -200,8 +218,8 @@ def encoder_layer(x, lengths, layer, n_heads, eps, keep_probs=False):
         return in_blocks(lambda r, u: layer_norm(r + u, **norm, eps=eps), residual, update, out=update)
 
     attended, probs = self_attention(x, lengths, **layer["attention"], n_heads=n_heads, keep_probs=keep_probs)
-    x = add_and_norm(x, attended, layer["attention_norm"])             # [B, T, H]
-    x = add_and_norm(x, feed_forward(x, **layer["ffn"]), layer["ffn_norm"])  # [B, T, H]
+    x = add_and_norm(x, attended, layer["attention_norm"])             # [S, H]
+    x = add_and_norm(x, feed_forward(x, **layer["ffn"]), layer["ffn_norm"])  # [S, H]
     return x, probs
 
 
@@ -241,16 +259,36 @@ def encode(input_ids, attention_mask, params, n_heads, eps, position_offset=0, k
 
     Returns (last_hidden, hidden_states, attentions): hidden_states is the embedding output followed
     by each layer's output (num_layers + 1 arrays), attentions each layer's [B, N, T, T]
-    probabilities; each is None unless asked for.
+    probabilities; each is None unless asked for. Padding positions hold 0: only the real tokens
+    (attention_mask 1) are computed, packed end to end, so no work goes to padding. Position ids are
+    column numbers plus position_offset, as transformers' BERT has them for any padding (RoBERTa counts
+    real tokens instead: the same for right padding, the only kind e5np makes).
     """
-    x = embed(input_ids, **params["embeddings"], eps=eps, position_offset=position_offset)  # [B, T] -> [B, T, H]
-    lengths = attention_mask.sum(axis=1)                               # [B] real tokens per text (right-padded)
-    hidden_states = [x] if keep_hidden else None
+    B, T = input_ids.shape
+    real = attention_mask.astype(bool)                                 # [B, T]
+    lengths = real.sum(axis=1)                                         # [B] real tokens per text
+    positions = np.broadcast_to(np.arange(T) + position_offset, (B, T))  # RoBERTa's positions start past 0
+
+    def unpack(tokens):                                                # [S, H] -> [B, T, H], padding 0
+        padded = np.zeros((B, T, tokens.shape[-1]), tokens.dtype)
+        padded[real] = tokens
+        return padded
+
+    def unpack_probs(probs):                                           # [B, N, L, L] -> [B, N, T, T], padding 0
+        padded = np.zeros((B, n_heads, T, T), probs.dtype)
+        for b, L in enumerate(lengths):
+            where = np.flatnonzero(real[b])                            # text b's token positions
+            padded[b][:, where[:, None], where] = probs[b, :, :L, :L]
+        return padded
+
+    x = embed(input_ids[real], positions[real], **params["embeddings"], eps=eps)  # [B, T] -> [S, H]
+    hidden_states = [unpack(x)] if keep_hidden else None
     attentions = [] if keep_attention else None
     for layer in params["layers"]:
-        x, probs = encoder_layer(x, lengths, layer, n_heads, eps, keep_attention)  # [B, T, H] -> [B, T, H]
+        x, probs = encoder_layer(x, lengths, layer, n_heads, eps, keep_attention)  # [S, H] -> [S, H]
         if keep_hidden:
-            hidden_states.append(x)
+            hidden_states.append(unpack(x))
         if keep_attention:
-            attentions.append(probs)
-    return x, hidden_states, attentions
+            attentions.append(unpack_probs(probs))
+    last = hidden_states[-1] if keep_hidden else unpack(x)
+    return last, hidden_states, attentions

@@ -138,29 +138,37 @@ def attention_float64(x, layer, n_heads, mask):
 
 def test_self_attention_matches_per_head_float64_loop():
     params = small_params()
-    x = np.random.RandomState(2).standard_normal((1, 6, 16)).astype(np.float32)
-    mask = np.array([[1, 1, 1, 1, 0, 0]])
-    got, probs = bert.self_attention(x, mask.sum(axis=1), **params["layers"][0]["attention"], n_heads=4,
+    x = np.random.RandomState(2).standard_normal((4, 16)).astype(np.float32)  # one text of 4 tokens
+    got, probs = bert.self_attention(x, np.array([4]), **params["layers"][0]["attention"], n_heads=4,
                                      keep_probs=True)
-    want = attention_float64(x[0].astype(np.float64), params["layers"][0], 4, mask[0])
-    assert np.abs(got[0, :4] - want[:4]).max() <= 1e-5
-    assert (probs[..., 4:] == 0).all()                        # padding keys get no weight
-    assert bert.self_attention(x, mask.sum(axis=1), **params["layers"][0]["attention"], n_heads=4)[1] is None
-    np.testing.assert_allclose(probs[:, :, :4].sum(-1), 1, atol=1e-6)  # real queries: a distribution over keys
-    assert (probs[:, :, 4:] == 0).all()                                    # padded queries: not computed
+    want = attention_float64(x.astype(np.float64), params["layers"][0], 4, np.ones(4))
+    assert np.abs(got - want).max() <= 1e-5
+    assert probs.shape == (1, 4, 4, 4)
+    np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-6)  # each query: a distribution over keys
+    assert bert.self_attention(x, np.array([4]), **params["layers"][0]["attention"], n_heads=4)[1] is None
 
 
-def test_self_attention_stacks_texts_of_equal_length_correctly():
+def test_self_attention_keeps_packed_texts_apart():
     params = small_params()
     layer = params["layers"][0]
-    x = np.random.RandomState(3).standard_normal((5, 6, 16)).astype(np.float32)
-    lengths = np.array([4, 4, 4, 6, 6])                       # two runs of equal length, sorted like a batch
+    padded = np.random.RandomState(3).standard_normal((6, 6, 16)).astype(np.float32)
+    lengths = np.array([4, 4, 4, 6, 6, 2])                    # runs of equal length, and a length seen once
+    x = np.concatenate([padded[b, :L] for b, L in enumerate(lengths)])     # [S, H], texts end to end
     got, probs = bert.self_attention(x, lengths, **layer["attention"], n_heads=4, keep_probs=True)
+    assert got.shape == x.shape and probs.shape == (6, 4, 6, 6)
+    first = np.concatenate([[0], np.cumsum(lengths)])
     for b, L in enumerate(lengths):
-        want = attention_float64(x[b].astype(np.float64), layer, 4, (np.arange(6) < L).astype(int))
-        assert np.abs(got[b, :L] - want[:L]).max() <= 1e-5
+        want = attention_float64(padded[b, :L].astype(np.float64), layer, 4, np.ones(L))
+        assert np.abs(got[first[b]:first[b + 1]] - want).max() <= 1e-5, f"text {b}"
         np.testing.assert_allclose(probs[b, :, :L, :L].sum(-1), 1, atol=1e-6)
         assert (probs[b, :, :, L:] == 0).all() and (probs[b, :, L:] == 0).all()
+
+
+def test_self_attention_rejects_lengths_that_do_not_cover_x():
+    params = small_params()
+    x = np.zeros((5, 16), np.float32)
+    with pytest.raises(AssertionError, match="lengths add up to 4 tokens, x has 5 rows"):
+        bert.self_attention(x, np.array([2, 2]), **params["layers"][0]["attention"], n_heads=4)
 
 
 def test_equal_length_runs_respect_the_budget():
@@ -193,14 +201,31 @@ def test_in_blocks_gives_the_same_numbers_as_one_call(block_elements):
     assert widened.shape == (3, 5, 32)                        # fn may change the row width
 
 
-def test_padding_does_not_change_real_tokens():
+def test_padding_does_not_change_real_tokens_and_reads_as_zero():
     params = small_params()
     ids = np.array([[2, 7, 9, 11, 3]])
-    alone, _, _ = bert.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12)
+    alone, _, alone_probs = bert.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12, keep_attention=True)
     padded_ids = np.array([[2, 7, 9, 11, 3, 0, 0, 0], [2, 5, 5, 5, 5, 5, 5, 3]])
     mask = np.array([[1, 1, 1, 1, 1, 0, 0, 0], [1] * 8])
-    padded, _, _ = bert.encode(padded_ids, mask, params, n_heads=4, eps=1e-12)
+    padded, hidden, probs = bert.encode(padded_ids, mask, params, n_heads=4, eps=1e-12, keep_hidden=True,
+                                        keep_attention=True)
     assert np.abs(padded[0, :5] - alone[0]).max() <= 1e-5
+    assert all((h[0, 5:] == 0).all() for h in hidden)        # padding is not computed: it reads as 0
+    assert np.abs(probs[0][0, :, :5, :5] - alone_probs[0][0]).max() <= 1e-6
+    assert (probs[0][0, :, 5:] == 0).all() and (probs[0][0, :, :, 5:] == 0).all()
+
+
+def test_left_padding_keeps_column_positions_as_transformers_does():
+    params = small_params()
+    ids = np.array([[0, 0, 2, 7, 9, 3], [2, 5, 5, 5, 5, 3]])     # text 0 left-padded
+    mask = np.array([[0, 0, 1, 1, 1, 1], [1] * 6])
+    last, _, probs = bert.encode(ids, mask, params, n_heads=4, eps=1e-12, keep_attention=True)
+    # BERT's position ids are column numbers whatever the padding: text 0 is the text alone, positions from 2
+    alone, _, alone_probs = bert.encode(ids[:1, 2:], mask[:1, 2:], params, n_heads=4, eps=1e-12, position_offset=2,
+                                        keep_attention=True)
+    assert (last[0, :2] == 0).all() and np.abs(last[0, 2:] - alone[0]).max() <= 1e-5
+    assert np.abs(probs[0][0, :, 2:, 2:] - alone_probs[0][0]).max() <= 1e-6
+    assert (probs[0][0, :, :2] == 0).all() and (probs[0][0, :, :, :2] == 0).all()
 
 
 def test_encode_keeps_every_layer_when_asked():
