@@ -172,7 +172,7 @@ def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=Fa
     attending within each text's own rows gives the same result without computing the padded part.
     The [L, L] score matrices are made a few at a time: several heads (and several texts of equal
     length: batches are sorted by length) per step when they are small, one head per step when they
-    are large. probs, if kept: [B, N, L, L] with L the longest text, 0 past each text's end.
+    are large. probs, if kept: [B, N, longest, longest], 0 past each text's end.
     """
     assert lengths.sum() == len(x), f"lengths add up to {lengths.sum()} tokens, x has {len(x)} rows"
     D = x.shape[-1] // n_heads
@@ -200,7 +200,7 @@ def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=Fa
             np.matmul(p, v_run[:, heads], out=context_run[:, heads])   # [n, h, L, L] @ [n, h, L, D], into context
             if keep_probs:
                 probs[start:stop, heads, :L, :L] = p
-    return linear(context, **output), probs                            # [S, H], [B, N, L, L] or None
+    return linear(context, **output), probs                            # [S, H], probs or None
 
 
 def feed_forward(x, up, down):

@@ -59,7 +59,7 @@ class Forward:
     tokens: list                # per text, its token strings
     input_ids: np.ndarray       # [B, T]
     attention_mask: np.ndarray  # [B, T]
-    hidden_states: list         # L + 1 arrays [B, T, H]: the embedding output, then each layer's output
+    hidden_states: list         # L + 1 arrays [B, T, H]: the embedding output, then each layer's output (0 for padding)
     attentions: list            # L arrays [B, N, T, T] of attention probabilities (0 for padding), or None
     pooled: np.ndarray          # [B, H] pooled over real tokens (the model's pooling)
     embeddings: np.ndarray      # [B, H] pooled, then L2-normalized if the model normalizes
@@ -70,7 +70,8 @@ class Forward:
 
 
 def length_batches(lengths, batch_size, max_tokens):
-    """Group text indices into batches of similar token length, so little compute goes to padding.
+    """Group text indices into batches of similar token length: attention stacks texts of equal length into one
+    step, and the padded [B, T, H] arrays the model hands back stay small (padding itself is never computed).
 
     Texts are taken shortest first; a batch closes at batch_size texts, or when padding it to its
     longest text would exceed max_tokens (a lone text longer than that still gets its own batch).
@@ -136,7 +137,7 @@ class Model:
     def encode(self, texts, *, batch_size=32, normalize=None, truncation="warn", threads=None):
         """Embed texts: a str gives a [H] vector, a list of n strs an [n, H] array (float32 by default).
 
-        Texts are batched by token length (so little compute goes to padding) and returned in input order.
+        Texts are batched by token length (texts of equal length share attention steps) and returned in input order.
         truncation: what to do when a text is longer than max_length tokens and loses its tail:
         "warn" (a TruncationWarning naming the texts), "ignore", or "error" (ValueError).
         threads: batches run at once (default self.threads); NumPy releases the GIL in its kernels.
