@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from tests.corpus import PARITY_TEXTS
+from tests.row_independence import PARITY_BAR as TOL
 from tests.row_independence import assert_same_vectors
-
-TOL = 1e-6
 
 
 @pytest.fixture(scope="module", params=["minilm", "e5-shaped"])

@@ -121,10 +121,11 @@ def engine_onnxruntime(directory, workdir, fused=False):
         def forward(self, input_ids, attention_mask):
             return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    torch.onnx.export(LastHiddenState(model), (dummy["input_ids"], dummy["attention_mask"]), str(path), dynamo=False,
-                      input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-                      dynamic_axes={"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"},
-                                    "last_hidden_state": {0: "b", 1: "t"}}, opset_version=17)
+    if not path.exists():  # both ONNX Runtime engines start from the same export
+        torch.onnx.export(LastHiddenState(model), (dummy["input_ids"], dummy["attention_mask"]), str(path),
+                          dynamo=False, input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                          dynamic_axes={"input_ids": {0: "b", 1: "t"}, "attention_mask": {0: "b", 1: "t"},
+                                        "last_hidden_state": {0: "b", 1: "t"}}, opset_version=17)
     if fused:
         from onnxruntime.transformers.optimizer import optimize_model
 
@@ -158,6 +159,9 @@ def engine_onnxruntime(directory, workdir, fused=False):
         return out
 
     return run
+
+
+ENGINES = ("e5np", "hf-sdpa", "hf-sdpa-sorted", "sentence-transformers", "ort-sorted", "ort-fused-sorted")
 
 
 def build_engines(directory, names, threads, workdir):
@@ -213,7 +217,7 @@ def main():
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="e5np worker threads (default: its own)")
-    parser.add_argument("--engines", default="e5np,hf-sdpa,hf-sdpa-sorted,sentence-transformers,ort-sorted,ort-fused-sorted")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, from: %(default)s")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
