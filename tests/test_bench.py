@@ -1,0 +1,76 @@
+"""tools/bench.py: its corpora are what its help says, its ceiling measures the model's own shapes, and it runs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.checkpoints import TINY_DIR
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import bench  # noqa: E402
+
+BENCH = Path(bench.__file__)
+
+
+@pytest.fixture(scope="module")
+def e5_shaped(load_model):
+    return load_model("e5-shaped")                                        # bert-base-uncased's vocabulary
+
+
+@pytest.mark.parametrize("kind, fewest, most", [("short", 8, 16), ("long", 256, 512), ("mixed", 5 + 2, 400 + 2)])
+def test_corpus_token_lengths(e5_shaped, kind, fewest, most):
+    lengths = e5_shaped.tokenize(bench.make_corpus(e5_shaped, kind, 300)).lengths   # words of 3+ letters from the vocab
+    assert lengths.min() >= fewest and lengths.max() <= most              # are one token each, + [CLS], [SEP]
+    assert lengths.max() - lengths.min() >= (most - fewest) // 2          # spread over the range, not one length
+
+
+def test_corpus_is_deterministic(e5_shaped):
+    assert bench.make_corpus(e5_shaped, "mixed", 50) == bench.make_corpus(e5_shaped, "mixed", 50)
+    assert bench.make_corpus(e5_shaped, "mixed", 50) != bench.make_corpus(e5_shaped, "mixed", 50, seed=1)
+
+
+def test_ceiling_measures_the_models_linear_layers(e5_shaped):
+    layer = e5_shaped.params["layers"][0]
+    weights = [layer["attention"][name]["w"] for name in ("query", "key", "value", "output")]
+    weights += [layer["ffn"]["up"]["w"], layer["ffn"]["down"]["w"]]
+    assert sorted(bench.layer_shapes(e5_shaped.config)) == sorted(w.shape for w in weights)
+
+
+def test_numpy_multiply_is_a_matrix_product():
+    rng = np.random.RandomState(0)
+    x, w = rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)
+    multiply = bench.NumpyMultiply()
+    np.testing.assert_allclose(multiply(*multiply.prepare(x, w)), x.astype(np.float64) @ w, rtol=1e-6)
+
+
+def test_unknown_engine_is_named():
+    result = subprocess.run([sys.executable, str(BENCH), "--model", str(TINY_DIR), "--engines", "e5np,ort"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "unknown engine(s) ort; choose from e5np, hf-sdpa," in result.stderr
+
+
+def test_engine_failing_in_its_process_is_named(tmp_path):
+    with pytest.raises(RuntimeError, match=r"(?s)engine e5np failed in its process:.*Traceback.*no-such-model"):
+        bench.EngineProcess("e5np", str(tmp_path / "no-such-model"), None, str(tmp_path), 512)
+
+
+@pytest.mark.live
+def test_bench_runs_end_to_end():
+    """The whole tool on the tiny checkpoint against transformers: a table row per engine, vectors that agree.
+    Mixed texts run past the tiny model's 128 positions: every engine must truncate where e5np does."""
+    result = subprocess.run([sys.executable, str(BENCH), "--model", str(TINY_DIR), "--corpus", "mixed",
+                             "--texts", "40", "--runs", "1", "--engines", "e5np,hf-sdpa-sorted"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| engine")}
+    assert set(rows) == {"e5np", "hf-sdpa-sorted"}
+    assert rows["e5np"][2].strip() == "1.00x"
+    assert all(float(cells[3]) >= 0.99999 for cells in rows.values()), result.stdout   # min cosine vs e5np
+    assert "disagrees" not in result.stderr
+    assert "one core multiplying the model's linear-layer shapes" in result.stdout
+    assert "numpy" in result.stdout.rsplit("shapes", 1)[1] and "torch" in result.stdout.rsplit("shapes", 1)[1]
