@@ -2,9 +2,9 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.checkpoints import TINY_DIR
@@ -39,11 +39,15 @@ def test_ceiling_measures_the_models_linear_layers(e5_shaped):
     assert sorted(bench.layer_shapes(e5_shaped.config)) == sorted(w.shape for w in weights)
 
 
-def test_numpy_multiply_is_a_matrix_product():
-    rng = np.random.RandomState(0)
-    x, w = rng.standard_normal((5, 3)).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)
-    multiply = bench.NumpyMultiply()
-    np.testing.assert_allclose(multiply(*multiply.prepare(x, w)), x.astype(np.float64) @ w, rtol=1e-6)
+def test_matmul_rate_is_gflops_per_second():
+    rate = bench.matmul_rate([lambda: time.sleep(0.01)], flops=1e9)     # 1 GFLOP in (at least) 10 ms
+    assert 50 < rate <= 100
+
+
+def test_ceiling_reports_numpy_in_gflops(load_model):
+    ceiling = bench.matmul_ceiling(load_model("tiny").config, rows=64, rounds=1)   # torch, onnxruntime if installed
+    assert "numpy" in ceiling and set(ceiling) <= set(bench.MATRIX_LIBRARIES)      # (the live test checks torch)
+    assert all(0 < rate < 1e4 for rate in ceiling.values()), ceiling    # GFLOP/s a core, not FLOP/s or TFLOP/s
 
 
 def test_unknown_engine_is_named():

@@ -23,10 +23,12 @@ MLAS), ~80% of e5np's time.
 The corpus is made here (no downloads): words drawn from the model's vocabulary, deterministic.
   mixed  5-400 words per text     short  8-16 tokens     long  256-512 tokens
 Without --model it builds the 12-layer e5-small-shaped checkpoint from tests/checkpoints.py.
-Needs the parity extra plus sentence-transformers and onnxruntime (engines that are missing are skipped).
+Needs the parity extra plus sentence-transformers, onnx and onnxruntime (engines whose packages are
+missing are skipped).
 """
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
@@ -37,6 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -174,83 +177,55 @@ def layer_shapes(config):
     return [(H, H)] * 4 + [(H, F), (F, H)]
 
 
-def matmul_rate(multiply, shapes, rows, seconds=0.3):
-    """GFLOP/s of multiply(x, w) over one layer's shapes, best of 5 timings of ~seconds/5 each."""
-    rng = np.random.RandomState(0)
-    pairs = [multiply.prepare(rng.standard_normal((rows, k)).astype(np.float32),
-                              rng.standard_normal((k, n)).astype(np.float32)) for k, n in shapes]
-    flops = sum(2 * rows * k * n for k, n in shapes)
+def matmul_rate(products, flops, seconds=0.3):
+    """GFLOP/s of calling every one of products (zero-argument functions), best of 5 timings of ~seconds/5."""
     start = time.perf_counter()
-    for pair in pairs:
-        multiply(*pair)                                       # warm up and size the repeats
+    for product in products:
+        product()                                             # warm up and size the repeats
     repeats = max(1, int(seconds / 5 / (time.perf_counter() - start)))
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()
         for _ in range(repeats):
-            for pair in pairs:
-                multiply(*pair)
+            for product in products:
+                product()
         best = min(best, (time.perf_counter() - start) / repeats)
     return flops / best / 1e9
 
 
-class NumpyMultiply:
+def numpy_rate(pairs, flops):
     """NumPy's BLAS (OpenBLAS in its wheels) on one thread, as each e5np worker runs it."""
-    name = "numpy"
+    from e5np import blas
 
-    def prepare(self, x, w):
-        return x, w
-
-    def __call__(self, x, w):
-        return x @ w
-
-    def rate(self, shapes, rows):
-        from concurrent.futures import ThreadPoolExecutor
-
-        from e5np import blas
-
-        def one_thread():                                     # openblas_set_num_threads_local is per thread
-            blas.use_one_blas_thread()
-            return matmul_rate(self, shapes, rows)
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(one_thread).result()
+    def on_one_blas_thread():                                 # openblas_set_num_threads_local is per thread
+        blas.use_one_blas_thread()
+        return matmul_rate([functools.partial(np.matmul, x, w) for x, w in pairs], flops)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(on_one_blas_thread).result()
 
 
-class TorchMultiply:
-    name = "torch"
+def torch_rate(pairs, flops):
+    import torch
 
-    def __init__(self):
-        import torch
-        self.torch = torch
-
-    def prepare(self, x, w):
-        return self.torch.from_numpy(x), self.torch.from_numpy(w)
-
-    def __call__(self, x, w):
-        return x @ w
-
-    def rate(self, shapes, rows):
-        threads = self.torch.get_num_threads()
-        self.torch.set_num_threads(1)
-        try:
-            with self.torch.inference_mode():
-                return matmul_rate(self, shapes, rows)
-        finally:
-            self.torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            tensors = [(torch.from_numpy(x), torch.from_numpy(w)) for x, w in pairs]
+            return matmul_rate([functools.partial(torch.matmul, x, w) for x, w in tensors], flops)
+    finally:
+        torch.set_num_threads(threads)
 
 
-class OnnxRuntimeMultiply:
-    """A one-MatMul graph per weight, as the exported model's linear layers run (weights are initializers)."""
-    name = "onnxruntime"
+def onnxruntime_rate(pairs, flops):
+    """A one-MatMul graph per weight, the weight an initializer, as the exported model's linear layers run."""
+    import onnxruntime
+    from onnx import TensorProto, helper, numpy_helper
 
-    def __init__(self):
-        import onnx  # noqa: F401 - prepare builds its graphs with onnx: without it, skip this library here
-        import onnxruntime
-        self.ort = onnxruntime
-
-    def prepare(self, x, w):
-        from onnx import TensorProto, helper, numpy_helper
-
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    products = []
+    for x, w in pairs:
         k, n = w.shape
         graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
                                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
@@ -258,39 +233,38 @@ class OnnxRuntimeMultiply:
                                   [numpy_helper.from_array(w, "w")])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         model.ir_version = 8
-        options = self.ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = self.ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return session, {"x": x}
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+        products.append(functools.partial(session.run, None, {"x": x}))
+    return matmul_rate(products, flops)
 
-    def __call__(self, session, feeds):
-        return session.run(None, feeds)
 
-    def rate(self, shapes, rows):
-        return matmul_rate(self, shapes, rows)
+MATRIX_LIBRARIES = {"numpy": numpy_rate, "torch": torch_rate, "onnxruntime": onnxruntime_rate}
 
 
 def matmul_ceiling(config, rows, rounds=3):
-    """{library: median GFLOP/s of one core on the model's layer shapes}, libraries alternating."""
-    libraries = []
-    for make in (NumpyMultiply, TorchMultiply, OnnxRuntimeMultiply):
-        try:
-            libraries.append(make())
-        except ImportError:
-            pass
-    shapes = layer_shapes(config)
-    rates = {library.name: [] for library in libraries}
+    """{library: median GFLOP/s of one core on the model's layer shapes}, libraries alternating; libraries
+    that are not installed are left out."""
+    rng = np.random.RandomState(0)
+    pairs = [(rng.standard_normal((rows, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32))
+             for k, n in layer_shapes(config)]
+    flops = sum(2 * x.shape[0] * x.shape[1] * w.shape[1] for x, w in pairs)
+    rates = {}
     for _ in range(rounds):
-        for library in libraries:
-            rates[library.name].append(library.rate(shapes, rows))
+        for name, rate in MATRIX_LIBRARIES.items():
+            try:
+                rates.setdefault(name, []).append(rate(pairs, flops))
+            except ImportError:
+                rates.pop(name, None)
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
 ENGINES = ("e5np", "hf-sdpa", "hf-sdpa-sorted", "sentence-transformers", "ort-sorted", "ort-fused-sorted")
 
 
-def build_engines(directory, names, threads, workdir, max_length):
-    """max_length: the model's (e5np.Model.max_length), which e5np truncates at; the others are told it."""
+def build_engine(name, directory, threads, workdir, max_length):
+    """The engine's texts -> vectors function, or None when a package it needs is missing.
+    max_length: the model's (e5np.Model.max_length), which e5np truncates at; the others are told it."""
     builders = {
         "e5np": lambda: engine_e5np(directory, threads),
         "hf-sdpa": lambda: engine_transformers(directory, sort=False, max_length=max_length),
@@ -299,13 +273,15 @@ def build_engines(directory, names, threads, workdir, max_length):
         "ort-sorted": lambda: engine_onnxruntime(directory, workdir, max_length),
         "ort-fused-sorted": lambda: engine_onnxruntime(directory, workdir, max_length, fused=True),
     }
-    engines = {}
-    for name in names:
-        try:
-            engines[name] = builders[name]()
-        except ImportError as e:
-            print(f"skipping {name}: {e}", file=sys.stderr)
-    return engines
+    try:
+        return builders[name]()
+    except ImportError as e:
+        print(f"skipping {name}: {e}", file=sys.stderr)
+        return None
+
+
+# What a child sends instead of a result: a builtin exception, so that it unpickles in any parent.
+EngineFailed = ChildProcessError
 
 
 class EngineProcess:
@@ -344,12 +320,9 @@ class EngineProcess:
         self.process.join(timeout=60)
 
 
-EngineFailed = ChildProcessError  # what a child sends instead of a result: a builtin, so it unpickles anywhere
-
-
 def serve_engine(name, directory, threads, workdir, max_length, connection):
     try:
-        run = build_engines(directory, [name], threads, workdir, max_length).get(name)
+        run = build_engine(name, directory, threads, workdir, max_length)
         connection.send(run is not None)
         while run is not None and (texts := connection.recv()) is not None:
             start = time.perf_counter()
