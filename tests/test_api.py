@@ -105,8 +105,8 @@ def test_threads_do_not_change_vectors(minilm):
     from tests.corpus import PARITY_TEXTS
 
     one = minilm.encode(PARITY_TEXTS, threads=1, batch_size=4, truncation="ignore")
-    two = minilm.encode(PARITY_TEXTS, threads=2, batch_size=4, truncation="ignore")
-    assert np.abs(one - two).max() <= 1e-6
+    for threads in (2, 3):                                             # batched differently: see test_batching
+        assert_same_vectors(minilm.encode(PARITY_TEXTS, threads=threads, batch_size=4, truncation="ignore"), one)
 
 
 def test_truncation_is_reported(minilm):
