@@ -70,7 +70,7 @@ def load_model(args):
     import e5np
 
     try:
-        return e5np.load(args.model, dtype=getattr(args, "dtype", "float32"))
+        return e5np.load(args.model, dtype=getattr(args, "dtype", "float32"), threads=getattr(args, "threads", None))
     except (OSError, ValueError) as e:  # ModelNotFoundError, CheckpointError
         raise CliError(str(e)) from None
 
@@ -281,6 +281,7 @@ def build_parser():
             p.add_argument("--input", "-i", help="file with one text per line, or .jsonl ('-' = stdin)")
         p.add_argument("--field", help="JSON lines: the field holding the text (default 'text')")
         p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
+        p.add_argument("--threads", type=int, help="batches embedded at once (default: one per core)")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     def prefix_options(p):
@@ -353,7 +354,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for name in ("batch_size", "top_k", "max_inputs", "max_body_bytes"):
+    for name in ("batch_size", "threads", "top_k", "max_inputs", "max_body_bytes"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             print(f"e5np {args.command}: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2

@@ -9,6 +9,7 @@ import pytest
 
 import e5np
 from tests.checkpoints import TINY_DIR
+from tests.row_independence import assert_same_vectors
 
 
 def e5np_cli(*args, stdin=""):
@@ -47,6 +48,23 @@ def test_embed_stdin_and_file_with_jsonl_output(tiny, tmp_path):
         np.testing.assert_allclose([r["embedding"] for r in rows], tiny.encode_passages(texts), atol=1e-7)
 
 
+def test_embed_threads(tiny, tmp_path):
+    from e5np import cli
+
+    args = cli.build_parser().parse_args(["embed", "-m", str(TINY_DIR), "--threads", "3", "x"])
+    assert cli.load_model(args).threads == 3
+    args = cli.build_parser().parse_args(["search", "build", "corpus.txt", "index", "-m", str(TINY_DIR),
+                                          "--threads", "2"])
+    assert cli.load_model(args).threads == 2
+    texts = [f"text number {i} " + "word " * (i % 40) for i in range(300)]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    for threads in (1, 3):
+        out = tmp_path / f"{threads}.npy"
+        result = e5np_cli("embed", "-m", TINY_DIR, "--threads", threads, "-i", tmp_path / "in.txt", "-o", out)
+        assert result.returncode == 0, result.stderr
+        assert_same_vectors(np.load(out), tiny.encode(texts))
+
+
 def test_embed_reports_truncation_on_stderr(tmp_path):
     result = e5np_cli("embed", "-m", TINY_DIR, "short", "word " * 300, "-o", tmp_path / "x.npy")
     assert result.returncode == 0
@@ -57,6 +75,7 @@ def test_embed_reports_truncation_on_stderr(tmp_path):
     (["embed", "-m", "/no/such/dir", "x"], "no such directory"),
     (["embed", "-m", TINY_DIR, "--input", "/no/such/file.txt"], "cannot read /no/such/file.txt"),
     (["embed", "-m", TINY_DIR, "x", "-o", "out.csv"], "use a .npy or .jsonl file"),
+    (["embed", "-m", TINY_DIR, "--threads", "0", "x"], "--threads must be at least 1"),
 ])
 def test_errors_are_one_line_with_status_2(args, message):
     result = e5np_cli(*args)
