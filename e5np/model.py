@@ -69,20 +69,19 @@ class Forward:
         return self.hidden_states[-1]
 
 
-def length_batches(lengths, batch_size, max_tokens, workers=1, min_tokens=None):
+def length_batches(lengths, batch_size, max_tokens, workers=1):
     """Group text indices into batches of similar token length, longest texts first: attention stacks texts of
     equal length into one step, and the padded [B, T, H] arrays the model hands back stay small (padding itself
     is never computed).
 
     A batch closes at batch_size texts, or when padding it to its longest text would pass its token budget
     (a lone text longer than that still gets its own batch). The budget is max_tokens; with several workers
-    taking batches in turn it is also at most 1/workers of the tokens still waiting, but not under min_tokens
-    (default max_tokens / 8): the batches shrink towards the end, so the workers finish together instead of
+    taking batches in turn it is also at most 1/workers of the tokens still waiting, but not under
+    max_tokens / 8: the batches shrink towards the end, so the workers finish together instead of
     one running the last full batch alone (that tail cost 5% of a run on 100 long passages with two workers).
     The floor is there because every batch has a fixed cost of ~5 ms of Python and small NumPy calls: a batch
     of 128 tokens runs 5-10% slower per token than one of 384.
     """
-    min_tokens = max_tokens // 8 if min_tokens is None else min_tokens
     waiting = sum(lengths)
     batches, current, budget = [], [], max_tokens
     for i in sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True):
@@ -90,7 +89,7 @@ def length_batches(lengths, batch_size, max_tokens, workers=1, min_tokens=None):
             batches.append(current)
             current = []
         if not current and workers > 1:
-            budget = min(max_tokens, max(min_tokens, waiting // workers))
+            budget = min(max_tokens, max(max_tokens // 8, waiting // workers))
         current.append(i)
         waiting -= lengths[i]
     return batches + [current] if current else batches

@@ -32,7 +32,7 @@ def test_every_text_once_within_the_limits_longest_first(seed, workers):
 def test_one_worker_fills_every_batch():
     lengths = random_lengths(2)
     batches = length_batches(lengths, batch_size=32, max_tokens=2048)
-    for batch in batches[:-1]:                                         # full, or the next text (no longer) would not fit
+    for batch in batches[:-1]:                         # full, or the next text (no longer than these) would not fit
         assert len(batch) == 32 or (len(batch) + 1) * lengths[batch[0]] > 2048
 
 
@@ -56,15 +56,15 @@ def test_several_workers_end_on_small_batches():
         waiting -= sum(lengths[i] for i in batch)
 
 
-def test_the_shrinking_stops_at_min_tokens():
+def test_the_shrinking_stops_at_an_eighth_of_max_tokens():
     """Short queries: tiny batches would cost more in per-batch overhead than the tail they save."""
     lengths = [10] * 1000
     batches = length_batches(lengths, batch_size=32, max_tokens=2048, workers=2)
     sizes = [len(b) for b in batches]
     assert sizes[-2:] == [25, 15]                                      # 25 texts of 10 tokens fit in 2,048 / 8;
     assert min(sizes[:-1]) == 25                                       # the last batch is what is left
-    smaller_floor = length_batches(lengths, batch_size=32, max_tokens=2048, workers=2, min_tokens=128)
-    assert min(len(b) for b in smaller_floor[:-1]) == 12
+    smaller_floor = length_batches(lengths, batch_size=32, max_tokens=1024, workers=2)
+    assert min(len(b) for b in smaller_floor[:-1]) == 12                # 1,024 / 8 = 128 tokens
 
 
 def test_empty():
