@@ -47,6 +47,27 @@ def check_positive_int(name, value):
     return value
 
 
+def check_flag(name, value):
+    """value as a bool; anything but True/False (a "false" string is truthy) is refused rather than guessed at."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_prefixes(prefixes):
+    """A dict of str prefixes for "query" and/or "passage"; another key would be a prefix nothing ever adds."""
+    if not isinstance(prefixes, dict):
+        raise TypeError(f'prefixes must be a dict like {{"query": "query: ", "passage": "passage: "}}, '
+                        f'got {prefixes!r}')
+    unknown = sorted(set(prefixes) - set(E5_PREFIXES), key=str)
+    if unknown:
+        raise ValueError(f'prefixes takes the keys "query" and "passage", got {unknown}')
+    for key, prefix in prefixes.items():
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefixes[{key!r}] must be a str, got {type(prefix).__name__}")
+    return dict(prefixes)
+
+
 def check_pooling(pooling):
     if pooling not in bert.POOLINGS:
         raise ValueError(f"pooling must be one of {sorted(bert.POOLINGS)}, got {pooling!r}")
@@ -110,8 +131,8 @@ class Model:
         self.params = params
         self.threads = threads or os.cpu_count() or 1
         self.pooling = pooling
-        self.normalize = normalize
-        self.prefixes = dict(prefixes or {})
+        self.normalize = check_flag("normalize", normalize)
+        self.prefixes = check_prefixes(prefixes or {})
         self.config = config
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -158,7 +179,7 @@ class Model:
         if truncation not in ("warn", "ignore", "error"):
             raise ValueError(f"truncation must be 'warn', 'ignore' or 'error', got {truncation!r}")
         threads = self.threads if threads is None else check_positive_int("threads", threads)
-        normalize = self.normalize if normalize is None else normalize
+        normalize = self.normalize if normalize is None else check_flag("normalize", normalize)
 
         vectors = self._embed_encodings(self.tokenizer.encode_batch(texts), batch_size, normalize, truncation,
                                         threads)
@@ -230,6 +251,12 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if pooling is not None:
         check_pooling(pooling)  # before the weights are read
+    if normalize is not None:
+        check_flag("normalize", normalize)
+    if threads is not None:
+        check_positive_int("threads", threads)
+    if prefixes is not None:
+        check_prefixes(prefixes)
     directory = resolve(name_or_path, revision=revision, local_files_only=local_files_only,
                         cache_dir=cache_dir, token=token)
     config = load_config(directory)

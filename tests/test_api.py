@@ -66,6 +66,7 @@ def test_normalize_false_returns_the_mean_pooled_vector(minilm):
     texts = ["first text", "a second, longer text with more tokens"]
     raw = minilm.encode(texts, normalize=False)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1)
+    np.testing.assert_array_equal(minilm.encode(texts, normalize=np.False_), raw)  # NumPy's bools are bools too
     forward = minilm.forward(texts)
     assert np.abs(raw - forward.pooled).max() <= 1e-6
     np.testing.assert_allclose(raw / np.linalg.norm(raw, axis=1, keepdims=True), minilm.encode(texts), atol=1e-6)
@@ -94,11 +95,31 @@ def test_bad_arguments_are_rejected(tiny):
         e5np.load(tiny.name, dtype="float16")
     with pytest.raises(ValueError, match="max_length"):
         e5np.load(tiny.name, max_length=10_000)
+    for normalize in ("yes", "False", 0, 1):                        # a "False" string would have normalized
+        with pytest.raises(TypeError, match="normalize must be True or False"):
+            tiny.encode(["x"], normalize=normalize)
+        with pytest.raises(TypeError, match="normalize must be True or False"):
+            e5np.load(tiny.name, normalize=normalize)
     for threads in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="threads must be a positive integer"):
             e5np.load(tiny.name, threads=threads)
         with pytest.raises(ValueError, match="threads must be a positive integer"):
             tiny.encode(["x"], threads=threads)
+
+
+@pytest.mark.parametrize("argument, value, error", [
+    ("pooling", "sum", ValueError), ("dtype", "float16", ValueError), ("max_length", 10_000, ValueError),
+    ("normalize", "False", TypeError), ("threads", 1.5, ValueError),
+    ("prefixes", "query: ", TypeError), ("prefixes", {"queries": "query: "}, ValueError),
+    ("prefixes", {"query": 3}, TypeError),
+])
+def test_load_checks_its_arguments_before_reading_weights(tiny, monkeypatch, argument, value, error):
+    def read(*args, **kwargs):
+        raise AssertionError("the weights were read before the arguments were checked")
+
+    monkeypatch.setattr(e5np.model, "load_weights", read)
+    with pytest.raises(error, match=f"^{argument}"):
+        e5np.load(tiny.name, **{argument: value})
 
 
 def test_threads_do_not_change_vectors(minilm):
