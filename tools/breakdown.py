@@ -1,0 +1,166 @@
+"""Where e5np's time goes: each part of the forward pass's share while e5np embeds a corpus.
+
+    python tools/breakdown.py [--model DIR] [--corpus mixed|short|long] [--texts 1000] [--threads 1]
+
+The corpus is tools/bench.py's. Each function of e5np/bert.py below is timed while it runs, its own
+time only (not the timed functions it calls), so the parts add up to the whole:
+
+  linear layers         bert.linear: the matrix products BLAS does, plus the bias (GFLOP/s: from the shapes)
+  GELU                  bert.gelu
+  LayerNorm             bert.layer_norm
+  attention: softmax    bert.softmax_base2
+  attention: products   bert.self_attention's own work: the q·k and weights·v products, slicing heads
+  feed-forward          bert.feed_forward's own work: the bias before GELU, copying each block back
+  residual adds         bert.encoder_layer's own work: x + attention, x + feed-forward, copying blocks back
+  embeddings            bert.embed's own work: table lookups and sums
+  packing               bert.encode's own work: the real tokens end to end, then padded back to [B, T, H]
+  other                 everything outside bert.encode: tokenizing, batching, pooling, normalizing (and
+                        with several workers, waiting)
+
+One worker on one BLAS thread by default: the shares are then of one core's time, the figures
+README.md's speed section gives. With --threads N they are shares of N workers' time (N x wall time).
+"""
+
+import argparse
+import contextlib
+import functools
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import bench  # noqa: E402  the corpus
+import e5np  # noqa: E402
+from e5np import bert  # noqa: E402
+from e5np.blas import use_one_blas_thread  # noqa: E402
+
+# bert's functions, outermost last, and the part of the forward pass each one's own time counts for
+PARTS = {
+    "linear": "linear layers: x @ w + b",
+    "gelu": "GELU",
+    "layer_norm": "LayerNorm",
+    "softmax_base2": "attention: softmax",
+    "self_attention": "attention: products (q·k, weights·v), heads",
+    "feed_forward": "feed-forward: bias, blocks",
+    "encoder_layer": "residual adds, blocks",
+    "embed": "embeddings",
+    "encode": "packing tokens, padding back",
+}
+OTHER = "other: tokenize, batch, pool, normalize"
+
+
+class Stopwatch:
+    """Own time per function across threads; a thread's stack holds the time its timed callees took."""
+
+    def __init__(self):
+        self.seconds = defaultdict(float)
+        self.linear_flops = 0
+        self._lock = threading.Lock()
+        self._stacks = threading.local()
+
+    def wrap(self, name, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            stack = self._stacks.__dict__.setdefault("stack", [])
+            stack.append(0.0)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                callees = stack.pop()
+                if stack:
+                    stack[-1] += elapsed
+                with self._lock:
+                    self.seconds[name] += elapsed - callees
+        return timed
+
+    def count_linear_flops(self, linear):
+        @functools.wraps(linear)
+        def counted(x, w, b=None):                                     # [S, in] @ [in, out]: 2 S in out
+            with self._lock:
+                self.linear_flops += 2 * x.shape[0] * w.shape[0] * w.shape[1]
+            return linear(x, w, b)
+        return counted
+
+
+@contextlib.contextmanager
+def timing():
+    """bert's functions timed while inside; the originals back afterwards, whatever happens."""
+    stopwatch = Stopwatch()
+    originals = {name: getattr(bert, name) for name in PARTS}
+    try:
+        for name, fn in originals.items():
+            fn = stopwatch.count_linear_flops(fn) if name == "linear" else fn
+            setattr(bert, name, stopwatch.wrap(name, fn))              # bert calls its functions as globals
+        yield stopwatch
+    finally:
+        for name, fn in originals.items():
+            setattr(bert, name, fn)
+
+
+def measure(model, texts, threads=1):
+    """(vectors, {part: seconds}, linear FLOPs, wall seconds) of one timed model.encode(texts)."""
+    with timing() as stopwatch:
+        start = time.perf_counter()
+        vectors = model.encode(texts, threads=threads, truncation="ignore")
+        wall = time.perf_counter() - start
+    parts = {PARTS[name]: stopwatch.seconds[name] for name in PARTS}
+    parts[OTHER] = max(0.0, threads * wall - sum(parts.values()))
+    return vectors, parts, stopwatch.linear_flops, wall
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint directory (default: build the e5-small-shaped one)")
+    parser.add_argument("--corpus", default="short", choices=["mixed", "short", "long"])
+    parser.add_argument("--texts", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1, help="worker threads, each on one BLAS thread (1)")
+    args = parser.parse_args()
+    if args.threads < 1 or args.texts < 1:
+        parser.error("--threads and --texts must be at least 1")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = args.model
+        if directory is None:
+            from tests.checkpoints import make_e5_shaped
+
+            directory = make_e5_shaped(Path(tmp) / "e5-small-shaped")[0]
+        report(args, directory)
+
+
+def report(args, directory):
+    if args.threads == 1:
+        use_one_blas_thread()                                          # several workers set their own
+    model = e5np.load(directory)
+    texts = bench.make_corpus(model, args.corpus, args.texts)
+    tokens = int(model.tokenize(texts).lengths.sum())
+    model.encode(texts[:64], threads=args.threads)                     # warm up
+    start = time.perf_counter()
+    model.encode(texts, threads=args.threads, truncation="ignore")
+    untimed = time.perf_counter() - start
+    _, parts, flops, wall = measure(model, texts, args.threads)
+
+    workers = "one worker" if args.threads == 1 else f"{args.threads} workers, each"
+    print(f"corpus: {len(texts)} {args.corpus} texts, {tokens:,} tokens; model {directory}; {workers} on one "
+          "BLAS thread")
+    print(f"timed run {wall:.2f} s ({tokens / wall:,.0f} tokens/s); untimed {untimed:.2f} s "
+          f"({tokens / untimed:,.0f} tokens/s)")
+    print()
+    total = args.threads * wall
+    linear = PARTS["linear"]
+    print("| part | seconds | share |")
+    print("|---|---|---|")
+    for part, seconds in sorted(parts.items(), key=lambda item: -item[1]):
+        label = f"{part} ({flops / seconds / 1e9:.0f} GFLOP/s a worker)" if part == linear else part
+        print(f"| {label} | {seconds:.3g} | {100 * seconds / total:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
