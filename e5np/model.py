@@ -65,12 +65,24 @@ def check_prefixes(prefixes):
     for key, prefix in prefixes.items():
         if not isinstance(prefix, str):
             raise TypeError(f"prefixes[{key!r}] must be a str, got {type(prefix).__name__}")
-    return dict(prefixes)
 
 
 def check_pooling(pooling):
     if pooling not in bert.POOLINGS:
         raise ValueError(f"pooling must be one of {sorted(bert.POOLINGS)}, got {pooling!r}")
+
+
+def check_options(pooling=None, normalize=None, prefixes=None, threads=None):
+    """The options load() and Model() share; None is a default decided elsewhere. load() calls this before it
+    reads any weights."""
+    if pooling is not None:
+        check_pooling(pooling)
+    if normalize is not None:
+        check_flag("normalize", normalize)
+    if prefixes is not None:
+        check_prefixes(prefixes)
+    if threads is not None:
+        check_positive_int("threads", threads)
 
 
 @dataclass
@@ -125,14 +137,12 @@ class Model:
 
     def __init__(self, params, config, tokenizer, max_length, dtype=np.float32, name=None, directory=None,
                  threads=None, pooling="mean", normalize=True, prefixes=None):
-        check_pooling(pooling)
-        if threads is not None:
-            check_positive_int("threads", threads)
+        check_options(pooling, normalize, prefixes, threads)
         self.params = params
         self.threads = threads or os.cpu_count() or 1
         self.pooling = pooling
-        self.normalize = check_flag("normalize", normalize)
-        self.prefixes = check_prefixes(prefixes or {})
+        self.normalize = bool(normalize)
+        self.prefixes = dict(prefixes or {})
         self.config = config
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -249,14 +259,7 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    if pooling is not None:
-        check_pooling(pooling)  # before the weights are read
-    if normalize is not None:
-        check_flag("normalize", normalize)
-    if threads is not None:
-        check_positive_int("threads", threads)
-    if prefixes is not None:
-        check_prefixes(prefixes)
+    check_options(pooling, normalize, prefixes, threads)
     directory = resolve(name_or_path, revision=revision, local_files_only=local_files_only,
                         cache_dir=cache_dir, token=token)
     config = load_config(directory)

@@ -18,7 +18,7 @@ allocator or imported libraries with another. Runs alternate between engines (e5
 vectors against e5np (cosine >= 0.99999), e5np's load time (warm page cache) and its peak RSS while
 embedding, and measures the ceiling under all of them: how fast one core multiplies the model's
 linear-layer shapes with each engine's matrix library (NumPy's OpenBLAS, torch's, ONNX Runtime's
-MLAS), ~80% of e5np's time.
+MLAS), 64-80% of e5np's time (tools/breakdown.py).
 
 The corpus is made here (no downloads): words drawn from the model's vocabulary, deterministic.
   mixed  5-400 words per text     short  8-16 tokens     long  256-512 tokens
@@ -360,6 +360,15 @@ def e5np_load_and_rss(directory, texts, threads):
     return json.loads(result.stdout)
 
 
+def checkpoint_directory(model, tmp):
+    """--model, or else the 12-layer e5-small-shaped checkpoint built in tmp."""
+    if model is not None:
+        return model
+    from tests.checkpoints import make_e5_shaped
+
+    return make_e5_shaped(Path(tmp) / "e5-small-shaped")[0]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: build the e5-small-shaped one)")
@@ -374,11 +383,7 @@ def main():
         parser.error(f"unknown engine(s) {', '.join(unknown)}; choose from {', '.join(ENGINES)}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        directory = args.model
-        if directory is None:
-            from tests.checkpoints import make_e5_shaped
-
-            directory = make_e5_shaped(Path(tmp) / "e5-small-shaped")[0]
+        directory = checkpoint_directory(args.model, tmp)
         reference_model = e5np.load(directory)
         texts = make_corpus(reference_model, args.corpus, args.texts)
         tokens = int(reference_model.tokenize(texts).lengths.sum())

@@ -33,7 +33,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
 
 import bench  # noqa: E402  the corpus
 import e5np  # noqa: E402
@@ -127,12 +126,7 @@ def main():
         parser.error("--threads and --texts must be at least 1")
 
     with tempfile.TemporaryDirectory() as tmp:
-        directory = args.model
-        if directory is None:
-            from tests.checkpoints import make_e5_shaped
-
-            directory = make_e5_shaped(Path(tmp) / "e5-small-shaped")[0]
-        report(args, directory)
+        report(args, bench.checkpoint_directory(args.model, tmp))
 
 
 def report(args, directory):
