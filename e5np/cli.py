@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tokenizer import lone_surrogate
+
 DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
 
 
@@ -20,12 +22,31 @@ class CliError(Exception):
 
 
 def open_input(path):
+    """The file, or stdin for '-', as UTF-8 text (a leading byte-order mark dropped). Bytes that are not
+    UTF-8 come through as lone surrogates (errors="surrogateescape"): iter_texts reports them by line."""
     if path == "-":
+        if hasattr(sys.stdin, "reconfigure"):
+            sys.stdin.reconfigure(encoding="utf-8-sig", errors="surrogateescape")
         return sys.stdin
     try:
-        return open(path, encoding="utf-8")
+        return open(path, encoding="utf-8-sig", errors="surrogateescape")
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
+
+
+def not_utf8(text, where):
+    """CliError naming the first byte of text that is not UTF-8 (read with errors="surrogateescape")."""
+    index, code = lone_surrogate(text)
+    hint = "; it looks like UTF-16: convert it to UTF-8" if text.startswith(("\udcff\udcfe", "\udcfe\udcff")) else ""
+    return CliError(f"{where}: not UTF-8 text (byte 0x{code - 0xDC00:02X} at column {index + 1}){hint}")
+
+
+def checked_arguments(texts):
+    """Texts given as command-line arguments; CliError if one holds bytes that are not UTF-8."""
+    for number, text in enumerate(texts, 1):
+        if lone_surrogate(text) is not None:
+            raise not_utf8(text, f"text argument {number}")
+    return texts
 
 
 def iter_texts(path, field=None):
@@ -36,6 +57,8 @@ def iter_texts(path, field=None):
     f = open_input(path)
     try:
         for number, line in enumerate(f, 1):
+            if lone_surrogate(line) is not None:
+                raise not_utf8(line, f"{name}:{number}")
             if not line.strip():
                 continue
             if not jsonl:
@@ -47,9 +70,10 @@ def iter_texts(path, field=None):
                 raise CliError(f"{name}:{number}: not valid JSON ({e.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise CliError(f"{name}:{number}: expected an object with a string field {field!r}")
+            if (where := lone_surrogate(record[field])) is not None:    # a JSON escape such as "\ud800"
+                raise CliError(f"{name}:{number}: {field!r} is not valid Unicode: a lone surrogate (U+{where[1]:04X}) "
+                               f"at offset {where[0]} of the string")
             yield record[field]
-    except UnicodeDecodeError as e:
-        raise CliError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     finally:
         if f is not sys.stdin:
             f.close()
@@ -155,7 +179,7 @@ def choose_encoder(model, args):
 
 def cmd_embed(args):
     if args.texts:
-        source = iter(args.texts)
+        source = iter(checked_arguments(args.texts))
     elif args.input:
         source = iter_texts(args.input, args.field)
     elif not sys.stdin.isatty():
@@ -174,6 +198,10 @@ def embed_stream(encode, texts, writer, args, dim):
             for chunk in chunks(texts):
                 writer.write(chunk, encode_with_warnings(encode, chunk, args.batch_size, offset=writer.rows))
                 bar.update(len(chunk))
+    except CliError as e:                                             # a bad line, after earlier chunks were written
+        if writer.rows and writer.kind != "stdout":
+            raise CliError(f"{e}; {writer.output} holds the vectors of the first {writer.rows} texts") from None
+        raise
     finally:
         writer.close(dim)
 
@@ -209,7 +237,7 @@ def cmd_search_query(args):
     model = load_model(args)
     if model.dim != vectors.shape[1]:
         raise CliError(f"{args.model} makes {model.dim}-dim vectors but the index holds {vectors.shape[1]}-dim ones")
-    queries = list(args.queries) or list(iter_texts(args.input or "-"))
+    queries = checked_arguments(list(args.queries)) or list(iter_texts(args.input or "-"))
     indices, scores = top_k(vectors, model.encode_queries(queries), args.top_k)
     results = [{"query": q, "results": [{"rank": r + 1, "index": int(i), "score": float(s), "text": passages[i]}
                                         for r, (i, s) in enumerate(zip(row_i, row_s))]}
@@ -225,8 +253,9 @@ def cmd_search_query(args):
 
 
 def cmd_similarity(args):
+    texts = checked_arguments([args.text_a, args.text_b])
     model = load_model(args)
-    a, b = choose_encoder(model, args)([args.text_a, args.text_b])
+    a, b = choose_encoder(model, args)(texts)
     print(f"{float(a @ b):.6f}")
     return 0
 

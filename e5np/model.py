@@ -12,7 +12,7 @@ from . import bert
 from .blas import use_one_blas_thread
 from .checkpoint import load_config, load_prompts, load_sentence_transformers_head, load_weights
 from .hub import resolve
-from .tokenizer import load_tokenizer, model_max_length, pad, tokenize
+from .tokenizer import encode_batch, load_tokenizer, model_max_length, pad, tokenize
 
 # Prefix conventions, as data. E5 models were trained with these; other models get none unless their
 # config_sentence_transformers.json declares prompts or load(prefixes=...) says so.
@@ -191,7 +191,7 @@ class Model:
         threads = self.threads if threads is None else check_positive_int("threads", threads)
         normalize = self.normalize if normalize is None else check_flag("normalize", normalize)
 
-        vectors = self._embed_encodings(self.tokenizer.encode_batch(texts), batch_size, normalize, truncation,
+        vectors = self._embed_encodings(encode_batch(self.tokenizer, texts), batch_size, normalize, truncation,
                                         threads)
         return vectors[0] if single else vectors
 

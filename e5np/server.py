@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from .blas import use_one_blas_thread
+from .tokenizer import encode_batch, lone_surrogate
 
 
 class RequestError(Exception):
@@ -41,6 +42,9 @@ def parse_request(body, max_inputs):
         if not isinstance(text, str):
             raise RequestError(400, f"'input[{i}]' must be a string, got {type(text).__name__} "
                                     "(token arrays are not supported)", param="input")
+        if (where := lone_surrogate(text)) is not None:                # from a JSON escape such as "\ud800"
+            raise RequestError(400, f"'input[{i}]' is not valid Unicode: a lone surrogate (U+{where[1]:04X}) at "
+                                    f"offset {where[0]}", param="input")
     if len(texts) > max_inputs:
         raise RequestError(413, f"'input' has {len(texts)} items; the limit is {max_inputs}", param="input")
     encoding = request.get("encoding_format", "float")
@@ -52,7 +56,7 @@ def parse_request(body, max_inputs):
 
 
 def embeddings_response(model, texts, encoding, model_name):
-    encodings = model.tokenizer.encode_batch(texts)  # once: for the vectors and the usage count
+    encodings = encode_batch(model.tokenizer, texts)  # once: for the vectors and the usage count
     vectors = model._embed_encodings(encodings, batch_size=32, normalize=model.normalize, truncation="ignore",
                                      threads=1)                                       # [n, H] float32
     tokens = sum(len(e.ids) for e in encodings)

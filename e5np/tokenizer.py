@@ -111,6 +111,32 @@ def pad(encodings, pad_id=0):
     return TokenBatch(input_ids, attention_mask, [e.tokens for e in encodings], truncated)
 
 
+def lone_surrogate(text):
+    """Where text holds a lone surrogate, as (index, code point); None when it is valid Unicode.
+
+    A Python str may hold surrogates, which are not characters and which tokenizers (Rust strings) refuses:
+    JSON's "\\ud800" escapes decode to them, and so do bytes that are not UTF-8 read with
+    errors="surrogateescape" (byte b >= 0x80 becomes U+DC00 + b), as Python reads command-line arguments.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start, ord(text[e.start])
+    return None
+
+
+def encode_batch(tokenizer, texts):
+    """tokenizer.encode_batch(texts), with a ValueError naming the text when one is not valid Unicode."""
+    try:
+        return tokenizer.encode_batch(texts)
+    except TypeError:                                                  # tokenizers' only word for it
+        for i, text in enumerate(texts):
+            if (where := lone_surrogate(text)) is not None:
+                raise ValueError(f"texts[{i}] is not valid Unicode: a lone surrogate (U+{where[1]:04X}) at offset "
+                                 f"{where[0]}") from None
+        raise
+
+
 def tokenize(tokenizer, texts, pad_id=0):
     """Texts -> a TokenBatch padded to its longest text."""
-    return pad(tokenizer.encode_batch(list(texts)), pad_id)
+    return pad(encode_batch(tokenizer, list(texts)), pad_id)

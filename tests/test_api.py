@@ -86,6 +86,14 @@ def test_wrong_types_name_the_item(tiny, bad, message):
         tiny.encode(bad)
 
 
+@pytest.mark.parametrize("call", ["encode", "encode_queries", "tokenize", "forward"])
+def test_text_that_is_not_unicode_is_named(tiny, call):
+    """A lone surrogate (what a JSON "\\ud800" escape decodes to) is no character: tokenizers refuses it."""
+    with pytest.raises(ValueError, match=r"texts\[2\] is not valid Unicode: a lone surrogate \(U\+D800\) at offset 4"):
+        getattr(tiny, call)(["ok", "fine", "bad \ud800 half a pair"])
+    assert tiny.tokenize(["ok", "\U0001F600 a whole pair"]).input_ids.shape[0] == 2  # a real astral character is fine
+
+
 def test_bad_arguments_are_rejected(tiny):
     with pytest.raises(ValueError, match="batch_size"):
         tiny.encode(["x"], batch_size=0)

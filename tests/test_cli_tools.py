@@ -48,12 +48,51 @@ def test_large_input_streams_to_npy(tiny, tmp_path):
     (b'{"text": "ok"}\nnot json\n', "docs.jsonl:2: not valid JSON"),
     (b'{"text": "ok"}\n{"body": "x"}\n', "docs.jsonl:2: expected an object with a string field 'text'"),
     (b'{"text": 5}\n', "docs.jsonl:1: expected an object"),
-    (b'\xff\xfe bad bytes\n', "not UTF-8 text"),
+    (b'{"text": "ok"}\n{"text": "bad \xff byte"}\n', "docs.jsonl:2: not UTF-8 text (byte 0xFF at column 15)"),
+    (b'{"text": "ok"}\n{"text": "a \\ud800 b"}\n',
+     "docs.jsonl:2: 'text' is not valid Unicode: a lone surrogate (U+D800) at offset 2 of the string"),
+    (b'\xff\xfe{\x00"\x00', "docs.jsonl:1: not UTF-8 text (byte 0xFF at column 1); it looks like UTF-16"),
 ])
 def test_bad_input_files(tmp_path, content, message):
     (tmp_path / "docs.jsonl").write_bytes(content)
     result = cli("embed", "-m", TINY_DIR, "-i", tmp_path / "docs.jsonl", "-o", tmp_path / "v.npy")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_line_deep_in_a_file_is_named_and_the_vectors_before_it_kept(tiny, tmp_path):
+    """The line number, not an offset inside the decoder's buffer; the chunks already embedded stay written."""
+    texts = [f"text number {i}" for i in range(5000)]
+    (tmp_path / "big.txt").write_bytes("\n".join(texts).encode() + b"\nbad \xe9 latin-1\n")
+    result = cli("embed", "-m", TINY_DIR, "-i", tmp_path / "big.txt", "-o", tmp_path / "v.npy", "--quiet")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"big.txt:5001: not UTF-8 text (byte 0xE9 at column 5); {tmp_path / 'v.npy'} holds the vectors of the " \
+           "first 4096 texts" in result.stderr
+    vectors = np.load(tmp_path / "v.npy")
+    assert vectors.shape == (4096, 32)
+    np.testing.assert_allclose(vectors[[0, 4095]], tiny.encode([texts[0], texts[4095]]), atol=1e-6)
+
+
+def test_bad_bytes_on_stdin_and_in_arguments(tmp_path):
+    def run(*args, stdin=b""):
+        return subprocess.run([sys.executable, "-m", "e5np", *args], input=stdin, capture_output=True, timeout=300)
+
+    result = run("embed", "-m", str(TINY_DIR), stdin=b"ok\nbad \xff\n")
+    assert result.returncode == 2 and b"stdin:2: not UTF-8 text (byte 0xFF at column 5)" in result.stderr
+    result = run("embed", "-m", str(TINY_DIR), "ok", b"x\xffy")
+    assert result.returncode == 2 and b"text argument 2: not UTF-8 text (byte 0xFF at column 2)" in result.stderr
+    result = run("similarity", "-m", str(TINY_DIR), b"\xff", "ok")
+    assert result.returncode == 2 and b"text argument 1: not UTF-8 text" in result.stderr
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_text(tiny, tmp_path):
+    (tmp_path / "docs.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "Pandas eat bamboo."}\n')
+    (tmp_path / "lines.txt").write_bytes(b"\xef\xbb\xbfPandas eat bamboo.\n")
+    for name in ("docs.jsonl", "lines.txt"):
+        result = cli("embed", "-m", TINY_DIR, "-i", tmp_path / name, "-o", tmp_path / "v.jsonl")
+        assert result.returncode == 0, result.stderr
+        row = json.loads((tmp_path / "v.jsonl").read_text(encoding="utf-8"))
+        assert row["text"] == "Pandas eat bamboo."
+        np.testing.assert_allclose(row["embedding"], tiny.encode("Pandas eat bamboo."), atol=1e-6)
 
 
 def test_search_build_and_query(tiny, tmp_path):

@@ -70,6 +70,7 @@ def test_health_and_models(server):
     ({"input": []}, 400, "non-empty"),
     ({"input": ["ok", None]}, 400, "'input[1]' must be a string, got NoneType"),
     ({"input": [[1, 2, 3]]}, 400, "token arrays are not supported"),
+    ({"input": ["ok", "a \ud800 b"]}, 400, "'input[1]' is not valid Unicode: a lone surrogate (U+D800) at offset 2"),
     ({"input": "x", "encoding_format": "int8"}, 400, "'encoding_format'"),
     ({"input": "x", "dimensions": 8}, 400, "'dimensions' is not supported"),
     ({"input": ["x"] * 17}, 413, "the limit is 16"),
