@@ -18,7 +18,11 @@ CHUNK = 2048  # texts read, embedded and written at a time: memory stays bounded
 
 
 class CliError(Exception):
-    """A problem to report in one line and exit with status 2."""
+    """A problem to report in one line and exit with status 2 (130 for Ctrl-C, as shells count it)."""
+
+    def __init__(self, message, status=2):
+        super().__init__(message)
+        self.status = status
 
 
 def open_input(path):
@@ -128,16 +132,15 @@ class EmbeddingWriter:
             raise CliError(f"cannot write {path}: {e.strerror}") from None
 
     def write(self, texts, vectors):
-        self.rows += len(vectors)
         self.dim = vectors.shape[1]
         if self.kind == "npy":
             self.file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
         elif self.kind == "jsonl":
-            for text, vector in zip(texts, vectors):
-                self.file.write(json.dumps({"text": text, "embedding": vector.tolist()}, ensure_ascii=False) + "\n")
+            self.file.write("".join(json.dumps({"text": text, "embedding": vector.tolist()}, ensure_ascii=False) + "\n"
+                                    for text, vector in zip(texts, vectors)))
         else:
-            for vector in vectors:
-                self.file.write(json.dumps(vector.tolist()) + "\n")
+            self.file.write("".join(json.dumps(vector.tolist()) + "\n" for vector in vectors))
+        self.rows += len(vectors)                   # counted once written, a chunk in one call: what a Ctrl-C leaves
 
     def close(self, dim):
         if self.kind == "stdout":
@@ -198,10 +201,12 @@ def embed_stream(encode, texts, writer, args, dim):
             for chunk in chunks(texts):
                 writer.write(chunk, encode_with_warnings(encode, chunk, args.batch_size, offset=writer.rows))
                 bar.update(len(chunk))
-    except CliError as e:                                             # a bad line, after earlier chunks were written
+    except (CliError, KeyboardInterrupt) as e:                        # a bad line or Ctrl-C, after some chunks
+        error = e if isinstance(e, CliError) else CliError("interrupted", status=130)
         if writer.rows and writer.kind != "stdout":
-            raise CliError(f"{e}; {writer.output} holds the vectors of the first {writer.rows} texts") from None
-        raise
+            kept = f"{writer.output} holds the vectors of the first {writer.rows} texts"
+            error = CliError(f"{error}; {kept}", error.status)
+        raise error from None
     finally:
         writer.close(dim)
 
@@ -391,7 +396,10 @@ def main(argv=None):
         return args.run(args)
     except CliError as e:
         print(f"e5np {args.command}: {e}", file=sys.stderr)
-        return 2
+        return e.status
+    except KeyboardInterrupt:
+        print(f"e5np {args.command}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # e.g. piped into `head`
         return 0
 

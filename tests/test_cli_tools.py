@@ -1,8 +1,11 @@
 """The CLI as a daily tool: files and JSON lines in, .npy / JSON lines out, streaming, search, similarity."""
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -180,3 +183,41 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     shown = stderr_of()
     assert "50text" in shown.replace(" ", "") and "text/s" in shown
     assert stderr_of("--quiet") == ""
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
+def test_ctrl_c_mid_stream_keeps_what_was_written(tiny, tmp_path, suffix):
+    """Ctrl-C: one line, exit status 130, and an output file holding exactly the chunks it says it holds."""
+    (tmp_path / "many.txt").write_text("\n".join(f"text number {i}" for i in range(400_000)) + "\n")
+    out = tmp_path / f"v{suffix}"
+    spool = out.with_name(out.name + ".part") if suffix == ".npy" else out
+    command = ["embed", "-m", TINY_DIR, "-i", tmp_path / "many.txt", "-o", out, "--quiet"]
+    process = subprocess.Popen([sys.executable, "-m", "e5np", *map(str, command)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (spool.exists() and spool.stat().st_size > 0) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    kept = re.fullmatch(rf"e5np embed: interrupted; {re.escape(str(out))} holds the vectors of the first (\d+) texts\n",
+                        stderr)
+    assert kept, stderr
+    rows = int(kept[1])
+    vectors = np.load(out) if suffix == ".npy" else np.array([json.loads(line)["embedding"] for line in open(out)])
+    assert len(vectors) == rows and rows % 2048 == 0 and rows > 0
+    np.testing.assert_allclose(vectors[[0, -1]], tiny.encode(["text number 0", f"text number {rows - 1}"]), atol=1e-6)
+
+
+def test_ctrl_c_elsewhere_is_one_line_too(monkeypatch, capsys):
+    from e5np import cli as cli_module
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "load_model", interrupted)
+    try:
+        status = cli_module.main(["similarity", "-m", str(TINY_DIR), "a", "b"])
+    except KeyboardInterrupt:  # caught here: escaping, it would stop the whole test run
+        pytest.fail("main() let KeyboardInterrupt through")
+    assert status == 130
+    assert capsys.readouterr().err == "e5np similarity: interrupted\n"
