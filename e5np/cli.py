@@ -271,7 +271,8 @@ def cmd_serve(args):
     model = load_model(args)
     try:
         server = make_server(model, args.host, args.port, model_name=args.model,
-                             max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs)
+                             max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
+                             idle_timeout=args.idle_timeout)
     except OSError as e:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     host, port = server.server_address[:2]
@@ -370,6 +371,8 @@ def build_parser():
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger requests get 413 (default 4 MiB)")
     serve.add_argument("--max-inputs", type=int, default=2048, help="more inputs per request get 413 (default 2048)")
+    serve.add_argument("--idle-timeout", type=float, default=60,
+                       help="seconds a connection may stay silent before it is closed (default 60)")
     serve.set_defaults(run=cmd_serve)
 
     parity = sub.add_parser("parity", help="compare e5np with transformers, stage by stage", description=(
@@ -388,7 +391,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for name in ("batch_size", "threads", "top_k", "max_inputs", "max_body_bytes"):
+    for name in ("batch_size", "threads", "top_k", "max_inputs", "max_body_bytes", "idle_timeout"):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             print(f"e5np {args.command}: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2

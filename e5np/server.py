@@ -71,10 +71,13 @@ def embeddings_response(model, texts, encoding, model_name):
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-def make_handler(model, model_name, max_body_bytes, max_inputs):
+def make_handler(model, model_name, max_body_bytes, max_inputs, idle_timeout):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "e5np"
+        # How long a connection's thread waits for the client's next bytes: an idle keep-alive connection,
+        # or a body that stops short of its Content-Length, is closed then instead of holding a thread forever.
+        timeout = idle_timeout
 
         def log_message(self, format, *args):  # quiet by default; errors still reach stderr below
             pass
@@ -114,6 +117,9 @@ def make_handler(model, model_name, max_body_bytes, max_inputs):
                 self.send_json(200, embeddings_response(model, texts, encoding, model_name))
             except RequestError as e:
                 self.send_error_json(e)
+            except TimeoutError:  # the body stopped short of its Content-Length
+                self.close_connection = True
+                self.send_error_json(RequestError(408, f"the request body did not arrive within {self.timeout} s"))
             except Exception as e:  # a bug, not the client's fault: report it and keep serving
                 print(f"e5np serve: internal error: {e!r}", file=sys.stderr)
                 self.send_error_json(RequestError(500, "internal error", kind="server_error"))
@@ -141,9 +147,11 @@ def make_handler(model, model_name, max_body_bytes, max_inputs):
     return Handler
 
 
-def make_server(model, host="127.0.0.1", port=8080, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048):
-    """A ready ThreadingHTTPServer (port 0 picks a free one); call serve_forever() or use serve_in_thread()."""
-    handler = make_handler(model, model_name or str(model.name), max_body_bytes, max_inputs)
+def make_server(model, host="127.0.0.1", port=8080, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048,
+                idle_timeout=60):
+    """A ready ThreadingHTTPServer (port 0 picks a free one); call serve_forever() or use serve_in_thread().
+    idle_timeout: seconds a connection may stay silent (between requests, or mid-body) before it is closed."""
+    handler = make_handler(model, model_name or str(model.name), max_body_bytes, max_inputs, idle_timeout)
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

@@ -2,7 +2,9 @@
 
 import http.client
 import json
+import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -138,3 +140,25 @@ def test_serve_command(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_silent_and_stalled_connections_are_closed_not_held(tiny):
+    """A client that goes quiet (idle keep-alive, or a body short of its Content-Length) frees its thread."""
+    srv = make_server(tiny, "127.0.0.1", 0, idle_timeout=0.5)
+    serve_in_thread(srv)
+    try:
+        with socket.create_connection(srv.server_address[:2], timeout=30) as idle:
+            started = time.monotonic()
+            assert idle.recv(1024) == b""                              # closed by the server, nothing sent
+            assert time.monotonic() - started < 10
+        with socket.create_connection(srv.server_address[:2], timeout=30) as stalled:
+            stalled.sendall(b'POST /v1/embeddings HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"input": ')
+            reply = b""
+            while chunk := stalled.recv(4096):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.5 s" in body
+        assert request(srv, "GET", "/health")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
