@@ -120,16 +120,16 @@ class EmbeddingWriter:
         elif output.endswith(".jsonl"):
             self.kind, self.file = "jsonl", self._open(output, "w", encoding="utf-8")
         elif output.endswith(".npy"):
-            self.kind, self.file = "npy", self._open(output + ".part", "wb")
+            self.kind, self.file = "npy", self._open(output + ".part", "wb", name=output)  # rows spooled beside it
         else:
             raise CliError(f"--output {output}: use a .npy or .jsonl file, or - for stdout")
 
     @staticmethod
-    def _open(path, mode, **kwargs):
+    def _open(path, mode, name=None, **kwargs):
         try:
             return open(path, mode, **kwargs)
         except OSError as e:
-            raise CliError(f"cannot write {path}: {e.strerror}") from None
+            raise CliError(f"cannot write {name or path}: {e.strerror}") from None
 
     def write(self, texts, vectors):
         self.dim = vectors.shape[1]
