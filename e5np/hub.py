@@ -26,11 +26,15 @@ def resolve(name_or_path, *, revision=None, local_files_only=None, cache_dir=Non
     cache (HF_HOME / HF_HUB_CACHE, or `cache_dir`) or downloads NEEDED_FILES. With HF_HUB_OFFLINE=1
     or local_files_only=True it only looks in the cache.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"a model is a hub id or a directory (str or path), got {type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
-    if os.path.isdir(name):
-        return Path(name)
+    if os.path.isdir(os.path.expanduser(name)):                       # "~/models/e5-small" as a shell would read it
+        return Path(name).expanduser()
+    if os.path.isfile(os.path.expanduser(name)):
+        raise ModelNotFoundError(f"{name} is a file: pass the directory that holds the checkpoint's files")
     if not HUB_ID.fullmatch(name):
-        raise ModelNotFoundError(f"{name}: no such directory, and not a hub id of the form owner/name")
+        raise ModelNotFoundError(f"{name!r}: no such directory, and not a hub id of the form owner/name")
 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError

@@ -146,6 +146,18 @@ def test_no_such_directory(tmp_path):
         e5np.load(tmp_path / "nothing-here")
     with pytest.raises(e5np.ModelNotFoundError, match="no such directory"):
         e5np.load("./not/a/dir")
+    with pytest.raises(e5np.ModelNotFoundError, match="'': no such directory"):
+        e5np.load("")
+
+
+def test_a_file_a_tilde_and_a_non_path(monkeypatch, tmp_path):
+    with pytest.raises(e5np.ModelNotFoundError, match="config.json is a file: pass the directory that holds"):
+        e5np.load(TINY_DIR / "config.json")
+    monkeypatch.setenv("HOME", str(TINY_DIR.parent))
+    assert e5np.load(f"~/{TINY_DIR.name}").dim == 32                   # as a shell would expand it
+    for bad in (None, 5, ["a"]):
+        with pytest.raises(TypeError, match=f"a hub id or a directory .str or path., got {type(bad).__name__}"):
+            e5np.load(bad)
 
 
 # --- valid variants ------------------------------------------------------------------------------
