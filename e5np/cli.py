@@ -272,7 +272,7 @@ def cmd_serve(args):
     try:
         server = make_server(model, args.host, args.port, model_name=args.model,
                              max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
-                             idle_timeout=args.idle_timeout)
+                             idle_timeout=args.idle_timeout, truncation=args.truncation)
     except OSError as e:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     host, port = server.server_address[:2]
@@ -373,6 +373,9 @@ def build_parser():
     serve.add_argument("--max-inputs", type=int, default=2048, help="more inputs per request get 413 (default 2048)")
     serve.add_argument("--idle-timeout", type=float, default=60,
                        help="seconds a connection may stay silent before it is closed (default 60)")
+    serve.add_argument("--truncation", choices=["ignore", "error"], default="ignore",
+                       help="an input over the model's max length: embed its first tokens (ignore, the default) "
+                            "or answer 400 naming it (error, as OpenAI's API does)")
     serve.set_defaults(run=cmd_serve)
 
     parity = sub.add_parser("parity", help="compare e5np with transformers, stage by stage", description=(

@@ -55,8 +55,13 @@ def parse_request(body, max_inputs):
     return texts, encoding, request.get("model")
 
 
-def embeddings_response(model, texts, encoding, model_name):
+def embeddings_response(model, texts, encoding, model_name, truncation="ignore"):
     encodings = encode_batch(model.tokenizer, texts)  # once: for the vectors and the usage count
+    too_long = [i for i, e in enumerate(encodings) if e.overflowing]
+    if too_long and truncation == "error":                             # as OpenAI's API refuses over-long input
+        raise RequestError(400, f"'input[{too_long[0]}]' is longer than the model's limit of {model.max_length} "
+                                f"tokens ({len(too_long)} input(s) are); shorten it, or start the server with "
+                                "--truncation ignore to embed its first tokens", param="input")
     vectors = model._embed_encodings(encodings, batch_size=32, normalize=model.normalize, truncation="ignore",
                                      threads=1)                                       # [n, H] float32
     tokens = sum(len(e.ids) for e in encodings)
@@ -71,7 +76,7 @@ def embeddings_response(model, texts, encoding, model_name):
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
-def make_handler(model, model_name, max_body_bytes, max_inputs, idle_timeout):
+def make_handler(model, model_name, max_body_bytes, max_inputs, idle_timeout, truncation):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "e5np"
@@ -114,7 +119,7 @@ def make_handler(model, model_name, max_body_bytes, max_inputs, idle_timeout):
                     raise RequestError(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}")
                 texts, encoding, _ = parse_request(self.rfile.read(length), max_inputs)
                 use_one_blas_thread()  # requests run in parallel; one BLAS thread each
-                self.send_json(200, embeddings_response(model, texts, encoding, model_name))
+                self.send_json(200, embeddings_response(model, texts, encoding, model_name, truncation))
             except RequestError as e:
                 self.send_error_json(e)
             except TimeoutError:  # the body stopped short of its Content-Length
@@ -148,10 +153,15 @@ def make_handler(model, model_name, max_body_bytes, max_inputs, idle_timeout):
 
 
 def make_server(model, host="127.0.0.1", port=8080, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048,
-                idle_timeout=60):
+                idle_timeout=60, truncation="ignore"):
     """A ready ThreadingHTTPServer (port 0 picks a free one); call serve_forever() or use serve_in_thread().
-    idle_timeout: seconds a connection may stay silent (between requests, or mid-body) before it is closed."""
-    handler = make_handler(model, model_name or str(model.name), max_body_bytes, max_inputs, idle_timeout)
+    idle_timeout: seconds a connection may stay silent (between requests, or mid-body) before it is closed.
+    truncation: an input longer than the model's max_length is embedded from its first tokens ("ignore"),
+    or the request gets 400 naming it ("error")."""
+    if truncation not in ("ignore", "error"):
+        raise ValueError(f"truncation must be 'ignore' or 'error', got {truncation!r}")
+    handler = make_handler(model, model_name or str(model.name), max_body_bytes, max_inputs, idle_timeout,
+                           truncation)
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server

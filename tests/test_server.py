@@ -162,3 +162,23 @@ def test_silent_and_stalled_connections_are_closed_not_held(tiny):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_over_long_inputs_are_truncated_or_refused(server, tiny):
+    long_text = "word " * 300                                          # over the tiny model's 128 tokens
+    status, body = request(server, "POST", "/v1/embeddings", {"input": ["short", long_text]})
+    assert status == 200 and body["usage"]["prompt_tokens"] == len(tiny.tokenize("short").tokens[0]) + 128
+    np.testing.assert_allclose(body["data"][1]["embedding"], tiny.encode(long_text, truncation="ignore"), atol=1e-7)
+
+    strict = make_server(tiny, "127.0.0.1", 0, truncation="error")
+    serve_in_thread(strict)
+    try:
+        status, body = request(strict, "POST", "/v1/embeddings", {"input": ["short", long_text, long_text]})
+        assert status == 400 and body["error"]["param"] == "input"
+        assert "'input[1]' is longer than the model's limit of 128 tokens (2 input(s) are)" in body["error"]["message"]
+        assert request(strict, "POST", "/v1/embeddings", {"input": "short"})[0] == 200
+    finally:
+        strict.shutdown()
+        strict.server_close()
+    with pytest.raises(ValueError, match="truncation must be 'ignore' or 'error', got 'warn'"):
+        make_server(tiny, "127.0.0.1", 0, truncation="warn")
