@@ -371,6 +371,8 @@ def build_parser():
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger requests get 413 (default 4 MiB)")
     serve.add_argument("--max-inputs", type=int, default=2048, help="more inputs per request get 413 (default 2048)")
+    serve.add_argument("--threads", type=int, help="batches embedded at once, across all requests (default: one per "
+                                                   "core)")
     serve.add_argument("--idle-timeout", type=float, default=60,
                        help="seconds a connection may stay silent before it is closed (default 60)")
     serve.add_argument("--truncation", choices=["ignore", "error"], default="ignore",

@@ -195,8 +195,11 @@ class Model:
                                         threads)
         return vectors[0] if single else vectors
 
-    def _embed_encodings(self, encodings, batch_size, normalize, truncation, threads):
-        """Already-tokenized texts -> [n, H]: the part of encode() after tokenizing (the server reuses it)."""
+    def _embed_encodings(self, encodings, batch_size, normalize, truncation, threads, workers=None):
+        """Already-tokenized texts -> [n, H]: the part of encode() after tokenizing (the server reuses it).
+
+        workers: an executor of `threads` threads (each with one BLAS thread) to run the batches on, shared
+        by callers so that their batches queue for the same cores; by default this call makes its own."""
         truncated = [i for i, e in enumerate(encodings) if e.overflowing]
         if truncated and truncation != "ignore":
             message = (f"{len(truncated)} of {len(encodings)} text(s) exceed max_length={self.max_length} tokens and "
@@ -212,10 +215,13 @@ class Model:
 
         out = np.empty((len(encodings), self.dim), dtype=self.dtype)
         batches = length_batches([len(e.ids) for e in encodings], batch_size, self.max_batch_tokens, threads)
-        if threads == 1 or len(batches) == 1:
+        if workers is not None:                                            # the costliest batches start first
+            for rows, vectors in zip(batches, workers.map(embed, batches)):
+                out[rows] = vectors
+        elif threads == 1 or len(batches) == 1:
             for rows in batches:
                 out[rows] = embed(rows)
-        else:                                                              # the costliest batches start first
+        else:
             with ThreadPoolExecutor(threads, initializer=use_one_blas_thread) as pool:
                 for rows, vectors in zip(batches, pool.map(embed, batches)):
                     out[rows] = vectors

@@ -1,6 +1,7 @@
 """An OpenAI-compatible embeddings server on the standard library: POST /v1/embeddings, GET /health.
 
-Each request is served on its own thread (ThreadingHTTPServer); e5np.Model.encode is thread-safe.
+Each request is read and answered on its own thread (ThreadingHTTPServer); every request's batches are
+embedded by one shared pool of workers (EmbeddingServer).
 Bad requests get OpenAI-style error bodies ({"error": {"message", "type", "param", "code"}}) and the
 server carries on.
 """
@@ -9,6 +10,7 @@ import base64
 import json
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -55,7 +57,7 @@ def parse_request(body, max_inputs):
     return texts, encoding, request.get("model")
 
 
-def embeddings_response(model, texts, encoding, model_name, truncation="ignore"):
+def embeddings_response(model, texts, encoding, model_name, workers, truncation="ignore"):
     encodings = encode_batch(model.tokenizer, texts)  # once: for the vectors and the usage count
     too_long = [i for i, e in enumerate(encodings) if e.overflowing]
     if too_long and truncation == "error":                             # as OpenAI's API refuses over-long input
@@ -63,7 +65,7 @@ def embeddings_response(model, texts, encoding, model_name, truncation="ignore")
                                 f"tokens ({len(too_long)} input(s) are); shorten it, or start the server with "
                                 "--truncation ignore to embed its first tokens", param="input")
     vectors = model._embed_encodings(encodings, batch_size=32, normalize=model.normalize, truncation="ignore",
-                                     threads=1)                                       # [n, H] float32
+                                     threads=model.threads, workers=workers)     # [n, H] float32
     tokens = sum(len(e.ids) for e in encodings)
     data = []
     for i, vector in enumerate(vectors):
@@ -118,8 +120,8 @@ def make_handler(model, model_name, max_body_bytes, max_inputs, idle_timeout, tr
                     self.close_connection = True  # do not read a body we refuse
                     raise RequestError(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}")
                 texts, encoding, _ = parse_request(self.rfile.read(length), max_inputs)
-                use_one_blas_thread()  # requests run in parallel; one BLAS thread each
-                self.send_json(200, embeddings_response(model, texts, encoding, model_name, truncation))
+                self.send_json(200, embeddings_response(model, texts, encoding, model_name, self.server.workers,
+                                                        truncation))
             except RequestError as e:
                 self.send_error_json(e)
             except TimeoutError:  # the body stopped short of its Content-Length
@@ -154,7 +156,8 @@ def make_handler(model, model_name, max_body_bytes, max_inputs, idle_timeout, tr
 
 def make_server(model, host="127.0.0.1", port=8080, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048,
                 idle_timeout=60, truncation="ignore"):
-    """A ready ThreadingHTTPServer (port 0 picks a free one); call serve_forever() or use serve_in_thread().
+    """A ready EmbeddingServer (port 0 picks a free one); call serve_forever() or use serve_in_thread().
+    Batches run on model.threads workers (e5np.load(threads=N); `e5np serve --threads N`).
     idle_timeout: seconds a connection may stay silent (between requests, or mid-body) before it is closed.
     truncation: an input longer than the model's max_length is embedded from its first tokens ("ignore"),
     or the request gets 400 naming it ("error")."""
@@ -162,9 +165,24 @@ def make_server(model, host="127.0.0.1", port=8080, model_name=None, max_body_by
         raise ValueError(f"truncation must be 'ignore' or 'error', got {truncation!r}")
     handler = make_handler(model, model_name or str(model.name), max_body_bytes, max_inputs, idle_timeout,
                            truncation)
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+    return EmbeddingServer((host, port), handler, model.threads)
+
+
+class EmbeddingServer(ThreadingHTTPServer):
+    """One thread per connection to read and answer requests; one pool of `threads` workers (model.threads,
+    each with one BLAS thread) embeds every request's batches. One client sending large requests gets all
+    the cores, and many clients at once queue for them instead of running more threads than cores."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, threads):
+        super().__init__(address, handler)
+        self.workers = ThreadPoolExecutor(threads, thread_name_prefix="e5np-worker",
+                                          initializer=use_one_blas_thread)
+
+    def server_close(self):
+        super().server_close()
+        self.workers.shutdown(wait=False, cancel_futures=True)
 
 
 def serve_in_thread(server):

@@ -182,3 +182,52 @@ def test_over_long_inputs_are_truncated_or_refused(server, tiny):
         strict.server_close()
     with pytest.raises(ValueError, match="truncation must be 'ignore' or 'error', got 'warn'"):
         make_server(tiny, "127.0.0.1", 0, truncation="warn")
+
+
+def test_requests_share_one_pool_of_workers(monkeypatch):
+    """One request's batches run on every worker; many requests at once never run more batches than workers."""
+    model = e5np.load(TINY_DIR, threads=2)
+    run = model._run
+    both_workers = threading.Barrier(2, timeout=30)
+    lock, calls, active, most = threading.Lock(), [0], [0], [0]
+
+    def watched_run(batch, **kwargs):
+        with lock:
+            calls[0] += 1
+            first_two = calls[0] <= 2
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        try:
+            if first_two:
+                both_workers.wait()                                    # passes only if two batches run at once
+            time.sleep(0.01)
+            return run(batch, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(model, "_run", watched_run)
+    srv = make_server(model, "127.0.0.1", 0)
+    serve_in_thread(srv)
+    try:
+        texts = [f"text {i} " + "word " * (i % 7) for i in range(128)]  # several batches of 32
+        status, body = request(srv, "POST", "/v1/embeddings", {"input": texts})
+        assert status == 200 and not both_workers.broken               # one request, two workers at once
+        expected = e5np.load(TINY_DIR).encode(texts)
+        replies = [None] * 6
+
+        def client(k):
+            replies[k] = request(srv, "POST", "/v1/embeddings", {"input": texts})
+
+        clients = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        for status, body in replies:
+            assert status == 200
+            np.testing.assert_allclose([d["embedding"] for d in body["data"]], expected, atol=1e-6)
+        assert most[0] == 2                                            # six requests, still two batches at a time
+    finally:
+        srv.shutdown()
+        srv.server_close()
