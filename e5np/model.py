@@ -215,7 +215,7 @@ class Model:
 
         out = np.empty((len(encodings), self.dim), dtype=self.dtype)
         batches = length_batches([len(e.ids) for e in encodings], batch_size, self.max_batch_tokens, threads)
-        if workers is not None:                                            # the costliest batches start first
+        if workers is not None:                               # in pools, the costliest batches (first) start first
             for rows, vectors in zip(batches, workers.map(embed, batches)):
                 out[rows] = vectors
         elif threads == 1 or len(batches) == 1:
