@@ -72,6 +72,8 @@ def iter_texts(path, field=None):
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise CliError(f"{name}:{number}: not valid JSON ({e.msg})") from None
+            except RecursionError:                                     # [[[[...]]]] deeper than Python's stack
+                raise CliError(f"{name}:{number}: JSON nested too deeply to parse") from None
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise CliError(f"{name}:{number}: expected an object with a string field {field!r}")
             if (where := lone_surrogate(record[field])) is not None:    # a JSON escape such as "\ud800"

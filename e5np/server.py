@@ -31,6 +31,8 @@ def parse_request(body, max_inputs):
         request = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RequestError(400, f"request body is not valid JSON: {e}") from None
+    except RecursionError:                                             # [[[[...]]]] deeper than Python's stack
+        raise RequestError(400, "request body is nested too deeply to parse") from None
     if not isinstance(request, dict):
         raise RequestError(400, "request body must be a JSON object")
     if "input" not in request:

@@ -62,6 +62,13 @@ def test_bad_input_files(tmp_path, content, message):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_json_nested_too_deeply_is_named_not_a_traceback(tmp_path):
+    (tmp_path / "docs.jsonl").write_bytes(b'{"text": "ok"}\n' + b"[" * 5_000 + b"]" * 5_000 + b"\n")
+    result = cli("embed", "-m", TINY_DIR, "-i", tmp_path / "docs.jsonl", "-o", tmp_path / "v.npy")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "docs.jsonl:2: JSON nested too deeply to parse" in result.stderr
+
+
 def test_a_bad_line_deep_in_a_file_is_named_and_the_vectors_before_it_kept(tiny, tmp_path):
     """The line number, not an offset inside the decoder's buffer; the chunks already embedded stay written."""
     texts = [f"text number {i}" for i in range(5000)]
