@@ -29,9 +29,10 @@ def resolve(name_or_path, *, revision=None, local_files_only=None, cache_dir=Non
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"a model is a hub id or a directory (str or path), got {type(name_or_path).__name__}")
     name = os.fspath(name_or_path)
-    if os.path.isdir(os.path.expanduser(name)):                       # "~/models/e5-small" as a shell would read it
-        return Path(name).expanduser()
-    if os.path.isfile(os.path.expanduser(name)):
+    path = os.path.expanduser(name)                                    # "~/models/e5-small" as a shell would read it
+    if os.path.isdir(path):                                            # (not Path(name): Path("") is ".")
+        return Path(path)
+    if os.path.isfile(path):
         raise ModelNotFoundError(f"{name} is a file: pass the directory that holds the checkpoint's files")
     if not HUB_ID.fullmatch(name):
         raise ModelNotFoundError(f"{name!r}: no such directory, and not a hub id of the form owner/name")

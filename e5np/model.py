@@ -4,6 +4,7 @@ import os
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,16 +216,14 @@ class Model:
 
         out = np.empty((len(encodings), self.dim), dtype=self.dtype)
         batches = length_batches([len(e.ids) for e in encodings], batch_size, self.max_batch_tokens, threads)
-        if workers is not None:                               # in pools, the costliest batches (first) start first
-            for rows, vectors in zip(batches, workers.map(embed, batches)):
-                out[rows] = vectors
-        elif threads == 1 or len(batches) == 1:
+        if workers is None and (threads == 1 or len(batches) == 1):
             for rows in batches:
                 out[rows] = embed(rows)
-        else:
-            with ThreadPoolExecutor(threads, initializer=use_one_blas_thread) as pool:
-                for rows, vectors in zip(batches, pool.map(embed, batches)):
-                    out[rows] = vectors
+            return out
+        shared = workers is not None                                       # a shared pool outlives this call
+        with nullcontext(workers) if shared else ThreadPoolExecutor(threads, initializer=use_one_blas_thread) as pool:
+            for rows, vectors in zip(batches, pool.map(embed, batches)):  # the costliest batches start first
+                out[rows] = vectors
         return out
 
     def encode_queries(self, texts, **kwargs):

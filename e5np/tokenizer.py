@@ -118,6 +118,8 @@ def lone_surrogate(text):
     JSON's "\\ud800" escapes decode to them, and so do bytes that are not UTF-8 read with
     errors="surrogateescape" (byte b >= 0x80 becomes U+DC00 + b), as Python reads command-line arguments.
     """
+    if text.isascii():                                                 # a flag CPython keeps: no pass over text
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
