@@ -1,14 +1,18 @@
 """The e5np command line: `e5np embed ...` (also `python -m e5np embed ...`)."""
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
+import stat
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .search import META, PASSAGES, VECTORS, load_index, read_meta, read_passages, top_k, write_meta
 from .tokenizer import lone_surrogate
 
 DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
@@ -112,51 +116,162 @@ def progress(args, total=None):
     return tqdm(total=total, unit="text", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
 
-class EmbeddingWriter:
-    """Writes embeddings as they come: JSON arrays on stdout, JSON lines, or .npy (rows spooled, header last)."""
+NPY_HEADER_BYTES = 128  # magic, version, length, the dict padded: room for any row count, rewritten in place
 
-    def __init__(self, output):
-        self.output, self.rows, self.dim = output, 0, None
+
+def npy_header(rows, dim):
+    """The .npy (version 1.0) header of a [rows, dim] float32 array, always NPY_HEADER_BYTES long."""
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+    text = text.ljust(NPY_HEADER_BYTES - 10 - 1) + "\n"               # 10 bytes before it; a newline ends it
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
+
+
+class EmbeddingWriter:
+    """Writes embeddings as they come: JSON arrays on stdout, JSON lines, or rows appended to a .npy.
+
+    A file output always ends at a chunk's end: after Ctrl-C or a failed write, close() cuts off the part of a
+    chunk that was cut short. The .npy's header holds the row count and is rewritten after each chunk's rows,
+    so the file is at every moment a valid .npy of the rows written so far (even after a kill), and nothing is
+    copied at the end. `append` continues a .npy this writer made (see IndexWriter).
+    """
+
+    def __init__(self, output, dim, append=False):
+        self.output, self.dim, self.rows = output, dim, 0
         if output is None or output == "-":
-            self.kind, self.file = "stdout", sys.stdout
+            self.kind, self.file, self.output = "stdout", sys.stdout, "stdout"
         elif output.endswith(".jsonl"):
-            self.kind, self.file = "jsonl", self._open(output, "w", encoding="utf-8")
+            self.kind, self.file = "jsonl", self._open(output, "wb")
         elif output.endswith(".npy"):
-            self.kind, self.file = "npy", self._open(output + ".part", "wb", name=output)  # rows spooled beside it
+            self.kind, self.file = "npy", self._open(output, "r+b" if append else "wb")
+            self.rows = self._npy_rows() if append else 0
         else:
             raise CliError(f"--output {output}: use a .npy or .jsonl file, or - for stdout")
+        start = NPY_HEADER_BYTES + 4 * self.rows * dim if self.kind == "npy" else 0
+        self.ends = {self.rows: start}                                 # rows written -> the file's length then
+        self.regular = self.kind != "stdout" and stat.S_ISREG(os.fstat(self.file.fileno()).st_mode)
+        if self.kind == "npy" and not self.regular:
+            raise CliError(f"{output}: not a regular file, which a .npy output must be (its header is rewritten)")
+        self._commit()
 
-    @staticmethod
-    def _open(path, mode, name=None, **kwargs):
+    def _open(self, path, mode):
         try:
-            return open(path, mode, **kwargs)
+            return open(path, mode)
         except OSError as e:
-            raise CliError(f"cannot write {name or path}: {e.strerror}") from None
+            raise CliError(f"cannot write {path}: {e.strerror}") from None
+
+    def _npy_rows(self):
+        """The rows of the .npy being appended to; CliError unless it is a [rows, dim] float32 this writer made."""
+        try:
+            if np.lib.format.read_magic(self.file) != (1, 0):
+                raise ValueError("a .npy version e5np does not write")
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(self.file)
+        except ValueError as e:
+            raise CliError(f"{self.output}: not a .npy file of e5np's ({e})") from None
+        if self.file.tell() != NPY_HEADER_BYTES or dtype != np.dtype("<f4") or fortran or shape[1:] != (self.dim,):
+            raise CliError(f"{self.output}: not a [rows, {self.dim}] float32 .npy written by e5np")
+        return shape[0]
+
+    def _commit(self):
+        """The file ends after self.rows rows, and a .npy's header says so: written after the rows themselves,
+        and both flushed, so that the header never counts rows that are not on disk."""
+        if not self.regular:                                           # stdout, a pipe: nothing to cut or rewrite
+            return
+        try:
+            self.file.flush()
+            self.file.truncate(self.ends[self.rows])                   # a chunk a Ctrl-C or a full disk cut short
+            if self.kind == "npy":
+                self.file.seek(0)
+                self.file.write(npy_header(self.rows, self.dim))
+                self.file.flush()
+            self.file.seek(self.ends[self.rows])
+        except OSError as e:
+            raise CliError(f"cannot write {self.output}: {e.strerror}") from None
 
     def write(self, texts, vectors):
-        self.dim = vectors.shape[1]
         if self.kind == "npy":
-            self.file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+            chunk = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
         elif self.kind == "jsonl":
-            self.file.write("".join(json.dumps({"text": text, "embedding": vector.tolist()}, ensure_ascii=False) + "\n"
-                                    for text, vector in zip(texts, vectors)))
+            chunk = "".join(json.dumps({"text": text, "embedding": vector.tolist()}, ensure_ascii=False) + "\n"
+                            for text, vector in zip(texts, vectors)).encode("utf-8")
         else:
-            self.file.write("".join(json.dumps(vector.tolist()) + "\n" for vector in vectors))
-        self.rows += len(vectors)                   # counted once written, a chunk in one call: what a Ctrl-C leaves
-
-    def close(self, dim):
-        if self.kind == "stdout":
+            chunk = "".join(json.dumps(vector.tolist()) + "\n" for vector in vectors)
+        self.ends = {self.rows: self.ends[self.rows], self.rows + len(vectors): self.ends[self.rows] + len(chunk)}
+        try:
+            self.file.write(chunk)
             self.file.flush()
-            return
-        self.file.close()
-        if self.kind == "npy":  # the header needs the row count: write it, then stream the spooled rows after it
-            spool = self.output + ".part"
-            with open(self.output, "wb") as out, open(spool, "rb") as rows:
-                np.lib.format.write_array_header_1_0(
-                    out, {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim or dim)})
-                while block := rows.read(1 << 24):
-                    out.write(block)
-            os.remove(spool)
+        except BrokenPipeError:                                        # stdout piped into `head`: main() ends quietly
+            raise
+        except OSError as e:                                           # a full disk, a vanished mount
+            raise CliError(f"cannot write {self.output}: {e.strerror}") from None
+        self.rows += len(vectors)                                      # counted once written
+        if self.kind == "npy":
+            self._commit()
+
+    def kept(self):
+        """What the output holds after an error or Ctrl-C, or None when that is nothing worth saying."""
+        if self.rows and self.kind != "stdout":
+            return f"{self.output} holds the vectors of the first {self.rows} texts"
+        return None
+
+    def close(self, complete):
+        """Leave the output consistent; `complete` says whether every text was written (IndexWriter records it)."""
+        try:
+            self._commit()
+        finally:
+            if self.kind != "stdout":
+                with contextlib.suppress(OSError):                     # a failed flush is reported by _commit
+                    self.file.close()
+
+
+class IndexWriter(EmbeddingWriter):
+    """A search index directory (see e5np.search) written as it grows: each chunk's passages, then its vectors,
+    whose .npy header is the commit point. After Ctrl-C, an error or even a kill the directory is an index of
+    the passages committed so far, marked unfinished, which `e5np search build --resume` continues."""
+
+    def __init__(self, directory, model_name, dim, resume_command, append=False):
+        self.directory, self.model_name, self.resume_command = Path(directory), model_name, resume_command
+        super().__init__(str(self.directory / VECTORS), dim, append=append)
+        self.passages = self._open(self.directory / PASSAGES, "r+b" if append else "wb")
+        for number in range(1, self.rows + 1):                        # keep the committed passages, drop the rest
+            if not self.passages.readline().endswith(b"\n"):
+                raise CliError(f"{self.directory / PASSAGES}: {number - 1} passages, but {VECTORS} has {self.rows}")
+        self.passage_ends = {self.rows: self.passages.tell()}          # rows committed -> passages.jsonl's length
+        self.passages.truncate(self.passage_ends[self.rows])
+        self._write_meta(complete=False)
+
+    def _write_meta(self, complete):
+        try:
+            write_meta(self.directory, self.model_name, self.dim, self.rows, complete)
+        except OSError as e:
+            raise CliError(f"cannot write {self.directory / META}: {e.strerror}") from None
+
+    def write(self, texts, vectors):
+        lines = "".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts)
+        try:
+            self.passages.write(lines.encode("utf-8"))
+            self.passages.flush()
+        except OSError as e:
+            raise CliError(f"cannot write {self.directory / PASSAGES}: {e.strerror}") from None
+        self.passage_ends = {self.rows: self.passage_ends[self.rows], self.rows + len(texts): self.passages.tell()}
+        super().write(texts, vectors)                                  # the vectors, then the header: the commit
+
+    def kept(self):
+        return (f"{self.directory} holds an unfinished index of the first {self.rows} passages; "
+                f"{self.resume_command} continues it")
+
+    def close(self, complete):
+        try:
+            super().close(complete)
+        except CliError:
+            complete = False
+            raise
+        finally:
+            try:
+                self.passages.truncate(self.passage_ends[self.rows])   # passages of a chunk whose vectors never came
+                self.passages.close()
+            except OSError as e:
+                raise CliError(f"cannot write {self.directory / PASSAGES}: {e.strerror}") from None
+            self._write_meta(complete)
 
 
 def encode_with_warnings(encode, texts, batch_size, offset=0):
@@ -192,54 +307,92 @@ def cmd_embed(args):
     else:
         raise CliError("no texts: give them as arguments, with --input FILE, or on stdin (one per line)")
     model = load_model(args)
-    embed_stream(choose_encoder(model, args), source, EmbeddingWriter(args.output), args, model.dim)
+    embed_stream(choose_encoder(model, args), source, EmbeddingWriter(args.output, model.dim), args)
     return 0
 
 
-def embed_stream(encode, texts, writer, args, dim):
+def embed_stream(encode, texts, writer, args):
     """Embed texts CHUNK at a time into writer: bounded memory for any input size."""
     try:
         with progress(args) as bar:
             for chunk in chunks(texts):
                 writer.write(chunk, encode_with_warnings(encode, chunk, args.batch_size, offset=writer.rows))
                 bar.update(len(chunk))
-    except (CliError, KeyboardInterrupt) as e:                        # a bad line or Ctrl-C, after some chunks
+    except (CliError, KeyboardInterrupt) as e:                        # a bad line, a full disk or Ctrl-C
         error = e if isinstance(e, CliError) else CliError("interrupted", status=130)
-        if writer.rows and writer.kind != "stdout":
-            kept = f"{writer.output} holds the vectors of the first {writer.rows} texts"
+        with contextlib.suppress(CliError):                            # the first error is the one to report
+            writer.close(complete=False)
+        if kept := writer.kept():
             error = CliError(f"{error}; {kept}", error.status)
         raise error from None
-    finally:
-        writer.close(dim)
+    except BaseException:
+        writer.close(complete=False)
+        raise
+    writer.close(complete=True)
 
 
 def cmd_search_build(args):
-    from .search import VECTORS, save_index
-
-    model = load_model(args)
     out = Path(args.index)
-    out.mkdir(parents=True, exist_ok=True)
-    passages = []
-
-    def kept(texts):  # the passages are stored beside their vectors
-        for text in texts:
-            passages.append(text)
-            yield text
-
-    writer = EmbeddingWriter(str(out / VECTORS))
-    embed_stream(model.encode_passages, kept(iter_texts(args.corpus, args.field)), writer, args, model.dim)
-    save_index(out, passages, args.model, model.dim)
-    print(f"e5np: indexed {len(passages)} passages in {out}", file=sys.stderr)
+    resume_command = f"`e5np search build --resume {shlex.quote(args.corpus)} {shlex.quote(args.index)}`"
+    try:
+        meta = read_meta(out) if (out / META).is_file() else None
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    unfinished = meta is not None and not meta.get("complete", True)
+    if args.resume:
+        if not unfinished:
+            raise CliError(f"{out}: no unfinished build to resume" + (" (its build is complete)" if meta else ""))
+        if args.model not in (None, meta["model"]):
+            raise CliError(f"{out} is being built with --model {meta['model']}: resume it with that model")
+        args.model = meta["model"]
+    elif unfinished:
+        raise CliError(f"{out} holds an unfinished build: {resume_command} continues it; delete {out} to start over")
+    args.model = args.model or DEFAULT_MODEL
+    model = load_model(args)
+    if args.resume and model.dim != meta["dim"]:
+        raise CliError(f"{args.model} makes {model.dim}-dim vectors but {out} holds {meta['dim']}-dim ones")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"cannot make {out}: {e.strerror}") from None
+    writer = IndexWriter(out, args.model, model.dim, resume_command, append=args.resume)
+    texts = iter_texts(args.corpus, args.field)
+    if args.resume:
+        try:
+            skip_indexed(texts, read_passages(out, writer.rows), args.corpus, out)
+        except (CliError, KeyboardInterrupt):
+            with contextlib.suppress(CliError):
+                writer.close(complete=False)
+            raise
+    embed_stream(model.encode_passages, texts, writer, args)
+    print(f"e5np: indexed {writer.rows} passages in {out}", file=sys.stderr)
     return 0
 
 
-def cmd_search_query(args):
-    from .search import load_index, top_k
+def skip_indexed(texts, passages, corpus, index):
+    """Reads past the corpus's texts that the index already holds, checking each is the passage stored for it."""
+    try:
+        for number, passage in enumerate(passages, 1):
+            text = next(texts, None)
+            if text is None:
+                problem = f"{corpus} ends after {number - 1} texts, but {index} holds more passages"
+            elif text != passage:
+                problem = f"{corpus}: text {number} is not passage {number} of {index}"
+            else:
+                continue
+            raise CliError(f"{problem}: resume with the corpus {index} was built from")
+    except ValueError as e:                                            # passages.jsonl damaged
+        raise CliError(str(e)) from None
 
+
+def cmd_search_query(args):
     try:
         vectors, passages, meta = load_index(args.index)
     except ValueError as e:
         raise CliError(str(e)) from None
+    if not meta.get("complete", True):
+        print(f"e5np search: {args.index} is unfinished: it holds the first {len(passages)} passages of its corpus "
+              f"(`e5np search build --resume CORPUS {shlex.quote(args.index)}` continues it)", file=sys.stderr)
     args.model = args.model or meta["model"]
     model = load_model(args)
     if model.dim != vectors.shape[1]:
@@ -309,9 +462,9 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="e5np", description="E5 / BERT sentence embeddings in pure NumPy.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def model_option(p, default=DEFAULT_MODEL):
-        p.add_argument("--model", "-m", default=default,
-                       help=f"hub id or local directory (default {default or 'the one the index was built with'})")
+    def model_option(p, default=DEFAULT_MODEL, default_text=None):
+        default_text = default_text or default or "the one the index was built with"
+        p.add_argument("--model", "-m", default=default, help=f"hub id or local directory (default {default_text})")
 
     def encoding_options(p, with_input=True):
         if with_input:
@@ -346,7 +499,10 @@ def build_parser():
     build = search_sub.add_parser("build", help="embed a corpus into an index directory")
     build.add_argument("corpus", help="text file (one passage per line) or .jsonl ('-' = stdin)")
     build.add_argument("index", help="directory to write vectors.npy, passages.jsonl, index.json into")
-    model_option(build)
+    build.add_argument("--resume", action="store_true",
+                       help="continue an unfinished build of INDEX (stopped by Ctrl-C, an error or a kill) from "
+                            "where it stopped, after checking that CORPUS starts with the passages it holds")
+    model_option(build, default=None, default_text=f"{DEFAULT_MODEL}; with --resume, the one the index is built with")
     encoding_options(build, with_input=False)                          # the corpus is the positional argument
     build.set_defaults(run=cmd_search_build)
     query = search_sub.add_parser("query", help="top-k passages for queries")

@@ -1,7 +1,9 @@
 """Exact nearest-neighbour search over normalized vectors: a matrix product, in chunks.
 
 An index is a directory: vectors.npy ([n, H] float32, unit rows), passages.jsonl (one {"text": ...}
-per row, in the same order) and index.json (the model, its dimension, how many rows).
+per row, in the same order) and index.json (the model, its dimension, how many rows, whether its build
+finished). `e5np search build` writes each chunk's passages and then its vectors, so an unfinished build
+holds at least as many passages as vectors: its index is the passages that have vectors.
 """
 
 import json
@@ -35,26 +37,56 @@ def top_k(vectors, queries, k, chunk_rows=65536):
     return np.take_along_axis(best_index, order, axis=1), np.take_along_axis(best_scores, order, axis=1)
 
 
-def save_index(directory, passages, model_name, dim):
-    """passages.jsonl and index.json beside the vectors.npy already written in directory."""
-    directory = Path(directory)
-    with open(directory / PASSAGES, "w", encoding="utf-8") as f:
-        for text in passages:
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-    (directory / META).write_text(json.dumps({"model": model_name, "dim": dim, "rows": len(passages)}, indent=2))
+def write_meta(directory, model_name, dim, rows, complete):
+    """index.json: the model, its dimension, the rows, and whether the build finished (see `e5np search build`)."""
+    meta = {"model": model_name, "dim": dim, "rows": rows, "complete": complete}
+    (Path(directory) / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(directory):
+    """index.json as a dict; ValueError naming it if it is not one an index build wrote."""
+    path = Path(directory) / META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str) or not isinstance(meta.get("dim"), int):
+        raise ValueError(f"{path}: not an index description (no model or dim)")
+    return meta
+
+
+def read_passages(directory, rows=None):
+    """The texts of passages.jsonl, in order; only the first `rows` when given (ValueError if there are fewer)."""
+    path, count = Path(directory) / PASSAGES, 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if count == rows:
+                return
+            count += 1
+            try:
+                yield json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{path}:{count}: not a passage line ({{\"text\": ...}})") from None
+    if rows is not None and count < rows:
+        raise ValueError(f"{path}: {count} passages, fewer than the {rows} vectors of {VECTORS}")
 
 
 def load_index(directory):
-    """(vectors memory-mapped, passages, meta); ValueError naming the file on any inconsistency."""
+    """(vectors memory-mapped, passages, meta); ValueError naming the file on any inconsistency.
+
+    An unfinished build (meta["complete"] false) is an index of the passages its vectors.npy holds: a build
+    killed mid-chunk may have written the next chunk's passages, or part of them, but not their vectors.
+    """
     directory = Path(directory)
     for name in (VECTORS, PASSAGES, META):
         if not (directory / name).is_file():
             raise ValueError(f"{directory / name}: not found; is {directory} an index made by `e5np search build`?")
-    meta = json.loads((directory / META).read_text())
+    meta = read_meta(directory)
     vectors = np.load(directory / VECTORS, mmap_mode="r")
-    with open(directory / PASSAGES, encoding="utf-8") as f:
-        passages = [json.loads(line)["text"] for line in f]
-    if vectors.ndim != 2 or len(vectors) != len(passages) or vectors.shape[1] != meta.get("dim"):
-        raise ValueError(f"{directory}: {VECTORS} has shape {vectors.shape} but {PASSAGES} has "
-                         f"{len(passages)} rows and {META} says dim {meta.get('dim')}")
+    if vectors.ndim != 2 or vectors.shape[1] != meta["dim"]:
+        raise ValueError(f"{directory / VECTORS} has shape {vectors.shape} but {META} says dim {meta['dim']}")
+    complete = meta.get("complete", True)                              # indexes from before the flag are complete
+    passages = list(read_passages(directory, None if complete else len(vectors)))
+    if len(vectors) != len(passages):
+        raise ValueError(f"{directory}: {VECTORS} has {len(vectors)} rows but {PASSAGES} has {len(passages)}")
     return vectors, passages, meta

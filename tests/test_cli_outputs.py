@@ -1,0 +1,173 @@
+"""Outputs that survive failure: a .npy valid after every chunk, a full disk reported with what was kept,
+and a search index that an interruption, an error or a kill leaves unfinished but usable, and that
+`search build --resume` completes into the very bytes of an uninterrupted build."""
+
+import io
+import json
+import re
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import e5np
+from e5np import cli as cli_module
+from tests.checkpoints import FIXTURES, TINY_DIR
+
+TEXTS = [f"passage {i} is about topic {i % 13}" for i in range(5000)]  # 3 chunks of CHUNK = 2048
+# Largest file a process under test may write: the tiny model's 5,000 rows outgrow these in the third chunk, so the
+# first two (4,096 rows) are kept. .npy rows are 128 bytes, JSON lines about 750.
+FILE_LIMIT = {".npy": 600_000, ".jsonl": 3_500_000}
+
+
+def e5np_cli(*args, file_limit=None):
+    def limit_file_size():          # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+
+    return subprocess.run([sys.executable, "-m", "e5np", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit_file_size if file_limit else None)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return e5np.load(TINY_DIR)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n".join(TEXTS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight_build(corpus):
+    """The index an uninterrupted build makes: what every interrupted one must end up as, byte for byte."""
+    index = corpus.parent / "straight"
+    result = e5np_cli("search", "build", corpus, index, "-m", TINY_DIR, "-q")
+    assert result.returncode == 0, result.stderr
+    return index
+
+
+def assert_same_files(index, expected):
+    for name in ("vectors.npy", "passages.jsonl", "index.json"):
+        assert (index / name).read_bytes() == (expected / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("rows", [0, 5, 2048, 10**20])
+def test_npy_header_has_one_length_for_any_row_count(rows):
+    header = io.BytesIO(cli_module.npy_header(rows, 384))
+    assert len(header.getvalue()) == cli_module.NPY_HEADER_BYTES    # so it can be rewritten in place
+    assert np.lib.format.read_magic(header) == (1, 0)
+    assert np.lib.format.read_array_header_1_0(header) == ((rows, 384), False, np.dtype("<f4"))
+
+
+def test_npy_output_is_a_valid_npy_after_every_chunk(tmp_path):
+    out = tmp_path / "v.npy"
+    writer = cli_module.EmbeddingWriter(str(out), 4)
+    assert np.load(out).shape == (0, 4)
+    first, second = np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((2, 4), np.float32)
+    writer.write(["a", "b", "c"], first)
+    np.testing.assert_array_equal(np.load(out), first)                 # before close: what a kill would leave
+    writer.write(["d", "e"], second)
+    writer.close(complete=True)
+    np.testing.assert_array_equal(np.load(out), np.concatenate([first, second]))
+    assert not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
+def test_a_full_disk_mid_stream_says_what_was_kept(tiny, corpus, tmp_path, suffix):
+    out = tmp_path / f"v{suffix}"
+    result = e5np_cli("embed", "-m", TINY_DIR, "-i", corpus, "-o", out, "-q", file_limit=FILE_LIMIT[suffix])
+    assert result.returncode == 2, result.stderr
+    expected = rf"e5np embed: cannot write {out}: File too large; {out} holds the vectors of the first (\d+) texts\n"
+    kept = re.fullmatch(expected, result.stderr)
+    assert kept, result.stderr
+    rows = int(kept[1])
+    assert rows == 2 * cli_module.CHUNK
+    vectors = np.load(out) if suffix == ".npy" else np.array([json.loads(line)["embedding"] for line in open(out)])
+    assert len(vectors) == rows
+    np.testing.assert_allclose(vectors[[0, -1]], tiny.encode([TEXTS[0], TEXTS[rows - 1]]), atol=1e-6)
+
+
+def test_output_that_cannot_be_written_at_all(tmp_path):
+    (tmp_path / "full.jsonl").symlink_to("/dev/full")
+    result = e5np_cli("embed", "-m", TINY_DIR, "a text", "-o", tmp_path / "full.jsonl")
+    assert result.returncode == 2
+    assert result.stderr == f"e5np embed: cannot write {tmp_path / 'full.jsonl'}: No space left on device\n"
+
+
+def test_failed_build_leaves_an_unfinished_index_that_resume_completes(tiny, corpus, straight_build, tmp_path):
+    index = tmp_path / "index"
+    failed = e5np_cli("search", "build", corpus, index, "-m", TINY_DIR, "-q", file_limit=FILE_LIMIT[".npy"])
+    assert failed.returncode == 2
+    assert failed.stderr == (f"e5np search: cannot write {index / 'vectors.npy'}: File too large; {index} holds an "
+                             f"unfinished index of the first 4096 passages; `e5np search build --resume {corpus} "
+                             f"{index}` continues it\n")
+    assert json.loads((index / "index.json").read_text())["complete"] is False
+
+    query = e5np_cli("search", "query", index, "topic 3", "--json", "-k", "4096")
+    assert query.returncode == 0, query.stderr
+    assert f"{index} is unfinished: it holds the first 4096 passages" in query.stderr
+    hits = json.loads(query.stdout)["results"]
+    assert sorted(hit["text"] for hit in hits) == sorted(TEXTS[:4096])
+
+    again = e5np_cli("search", "build", corpus, index, "-m", TINY_DIR, "-q")
+    assert again.returncode == 2 and "holds an unfinished build" in again.stderr   # never thrown away unasked
+    resumed = e5np_cli("search", "build", "--resume", corpus, index, "-q")        # the model comes from the index
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_files(index, straight_build)
+
+
+KILLED_MID_CHUNK = """
+import os, sys
+from e5np import cli
+write_vectors = cli.EmbeddingWriter.write
+def killed_on_second_chunk(self, texts, vectors):
+    if self.rows:
+        os._exit(9)        # the second chunk's passages are on disk, its vectors never come: a kill, no cleanup
+    write_vectors(self, texts, vectors)
+cli.EmbeddingWriter.write = killed_on_second_chunk
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_killed_build_resumes(corpus, straight_build, tmp_path):
+    index = tmp_path / "index"
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_CHUNK, "search", "build", str(corpus), str(index),
+                             "-m", str(TINY_DIR), "-q"], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 9, killed.stderr
+    passages = (index / "passages.jsonl").read_text().splitlines()
+    assert len(passages) == 2 * cli_module.CHUNK and len(np.load(index / "vectors.npy")) == cli_module.CHUNK
+    query = e5np_cli("search", "query", index, "topic 3", "--json", "-k", "10000")
+    assert query.returncode == 0, query.stderr
+    assert len(json.loads(query.stdout)["results"]) == cli_module.CHUNK       # the passages with vectors
+
+    resumed = e5np_cli("search", "build", "--resume", corpus, index, "-m", TINY_DIR, "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_files(index, straight_build)
+
+
+def test_resume_refuses_what_it_cannot_continue(corpus, straight_build, tmp_path):
+    complete = e5np_cli("search", "build", "--resume", corpus, straight_build)
+    assert complete.returncode == 2 and "no unfinished build to resume (its build is complete)" in complete.stderr
+    nothing = e5np_cli("search", "build", "--resume", corpus, tmp_path / "nowhere")
+    assert nothing.returncode == 2 and "no unfinished build to resume\n" in nothing.stderr
+
+    index = tmp_path / "index"
+    e5np_cli("search", "build", corpus, index, "-m", TINY_DIR, "-q", file_limit=FILE_LIMIT[".npy"])
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(TEXTS[:7] + ["something else"] + TEXTS[8:]) + "\n")
+    changed = e5np_cli("search", "build", "--resume", other, index)
+    assert changed.returncode == 2
+    assert changed.stderr.endswith(f"{other}: text 8 is not passage 8 of {index}: resume with the corpus {index} "
+                                   "was built from\n")
+    other.write_text("\n".join(TEXTS[:100]) + "\n")
+    shorter = e5np_cli("search", "build", "--resume", other, index)
+    assert shorter.returncode == 2 and f"{other} ends after 100 texts, but {index} holds more" in shorter.stderr
+    wrong_model = e5np_cli("search", "build", "--resume", corpus, index, "-m", FIXTURES / "bert-wide")
+    assert wrong_model.returncode == 2 and "resume it with that model" in wrong_model.stderr
+    assert json.loads((index / "index.json").read_text())["rows"] == 4096     # all of it left as it was
+    assert len(np.load(index / "vectors.npy")) == 4096
