@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .search import META, PASSAGES, VECTORS, load_index, read_meta, read_passages, top_k, write_meta
+from .search import META, PASSAGES, VECTORS, load_index, passages_at, read_meta, read_passages, top_k, write_meta
 from .tokenizer import lone_surrogate
 
 DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
@@ -387,11 +387,12 @@ def skip_indexed(texts, passages, corpus, index):
 
 def cmd_search_query(args):
     try:
-        vectors, passages, meta = load_index(args.index)
+        vectors, meta = load_index(args.index)
     except ValueError as e:
         raise CliError(str(e)) from None
-    if not meta.get("complete", True):
-        print(f"e5np search: {args.index} is unfinished: it holds the first {len(passages)} passages of its corpus "
+    complete = meta.get("complete", True)                              # indexes from before the flag are complete
+    if not complete:
+        print(f"e5np search: {args.index} is unfinished: it holds the first {len(vectors)} passages of its corpus "
               f"(`e5np search build --resume CORPUS {shlex.quote(args.index)}` continues it)", file=sys.stderr)
     args.model = args.model or meta["model"]
     model = load_model(args)
@@ -399,7 +400,11 @@ def cmd_search_query(args):
         raise CliError(f"{args.model} makes {model.dim}-dim vectors but the index holds {vectors.shape[1]}-dim ones")
     queries = checked_arguments(list(args.queries)) or list(iter_texts(args.input or "-"))
     indices, scores = top_k(vectors, model.encode_queries(queries), args.top_k)
-    results = [{"query": q, "results": [{"rank": r + 1, "index": int(i), "score": float(s), "text": passages[i]}
+    try:
+        passages = passages_at(args.index, indices.ravel().tolist(), len(vectors), complete)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    results = [{"query": q, "results": [{"rank": r + 1, "index": int(i), "score": float(s), "text": passages[int(i)]}
                                         for r, (i, s) in enumerate(zip(row_i, row_s))]}
                for q, row_i, row_s in zip(queries, indices, scores)]
     if args.json:

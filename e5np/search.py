@@ -72,10 +72,10 @@ def read_passages(directory, rows=None):
 
 
 def load_index(directory):
-    """(vectors memory-mapped, passages, meta); ValueError naming the file on any inconsistency.
+    """(vectors memory-mapped, meta) of an index directory; ValueError naming the file on any inconsistency.
 
-    An unfinished build (meta["complete"] false) is an index of the passages its vectors.npy holds: a build
-    killed mid-chunk may have written the next chunk's passages, or part of them, but not their vectors.
+    The passages stay on disk: `passages_at` reads the ones a search returns, so a million-passage index
+    costs a query its vectors' pages, not a million strings.
     """
     directory = Path(directory)
     for name in (VECTORS, PASSAGES, META):
@@ -85,8 +85,24 @@ def load_index(directory):
     vectors = np.load(directory / VECTORS, mmap_mode="r")
     if vectors.ndim != 2 or vectors.shape[1] != meta["dim"]:
         raise ValueError(f"{directory / VECTORS} has shape {vectors.shape} but {META} says dim {meta['dim']}")
-    complete = meta.get("complete", True)                              # indexes from before the flag are complete
-    passages = list(read_passages(directory, None if complete else len(vectors)))
-    if len(vectors) != len(passages):
-        raise ValueError(f"{directory}: {VECTORS} has {len(vectors)} rows but {PASSAGES} has {len(passages)}")
-    return vectors, passages, meta
+    return vectors, meta
+
+
+def passages_at(directory, indices, rows, complete=True):
+    """{i: the text of passage i} for the given indices, in one pass over passages.jsonl that also checks it holds
+    `rows` passages, one per vector (ValueError if not). An unfinished build (complete false) may hold more: a
+    build killed mid-chunk writes the next chunk's passages, or part of them, before their vectors."""
+    path, wanted, found, lines = Path(directory) / PASSAGES, set(indices), {}, 0
+    with open(path, "rb") as f:
+        for line in f:
+            if lines == rows and not complete:
+                break
+            if lines in wanted:
+                try:
+                    found[lines] = json.loads(line)["text"]
+                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+                    raise ValueError(f"{path}:{lines + 1}: not a passage line ({{\"text\": ...}})") from None
+            lines += 1
+    if lines != rows:
+        raise ValueError(f"{Path(directory)}: {VECTORS} has {rows} rows but {PASSAGES} has {lines}")
+    return found

@@ -132,6 +132,15 @@ def test_search_errors(tmp_path):
     assert wrong.returncode == 2 and "48-dim vectors but the index holds 32-dim" in wrong.stderr
     assert cli("search", "query", tmp_path / "index", "q", "--top-k", "0").returncode == 2
 
+    passages = tmp_path / "index" / "passages.jsonl"
+    lines = passages.read_text().splitlines(keepends=True)
+    passages.write_text("".join(lines + ['{"text": "one too many"}\n']))
+    extra = cli("search", "query", tmp_path / "index", "q")
+    assert extra.returncode == 2 and "vectors.npy has 5 rows but passages.jsonl has 6" in extra.stderr
+    passages.write_text("".join(lines[:2] + ["not json\n"] + lines[3:]))
+    damaged = cli("search", "query", tmp_path / "index", "q", "-k", "5")          # every passage is a hit
+    assert damaged.returncode == 2 and f"{passages}:3: not a passage line" in damaged.stderr
+
 
 def test_similarity(tiny):
     result = cli("similarity", "-m", TINY_DIR, "--query", "a cat", "a kitten")
