@@ -14,21 +14,24 @@ import numpy as np
 VECTORS, PASSAGES, META = "vectors.npy", "passages.jsonl", "index.json"
 
 
-def top_k(vectors, queries, k, chunk_rows=65536):
+def top_k(vectors, queries, k, chunk_rows=None, block_scores=1 << 20):
     """Indices and cosine scores of the k best rows of `vectors` for each query, best first.
 
-    vectors [n, H] (may be a memory map), queries [q, H], both L2-normalized. Only a [chunk_rows, q]
-    block of scores exists at a time, so a million vectors need no million-sized intermediate.
+    vectors [n, H] (may be a memory map), queries [q, H], both L2-normalized. The vectors are read
+    chunk_rows at a time (default: 65,536, fewer when there are many queries, so that a chunk's [q, chunk]
+    block of scores stays within block_scores numbers): a million vectors, or a file of queries, need no
+    million-sized intermediate.
     """
-    n = len(vectors)
+    n, q = len(vectors), len(queries)
     k = min(k, n)
-    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_index = np.zeros((len(queries), 0), dtype=np.int64)
+    chunk_rows = chunk_rows or max(k, min(65536, block_scores // max(q, 1)))
+    best_scores = np.full((q, 0), -np.inf, dtype=np.float32)
+    best_index = np.zeros((q, 0), dtype=np.int64)
     for start in range(0, n, chunk_rows):
         block = np.asarray(vectors[start:start + chunk_rows], dtype=np.float32)   # [chunk, H]
-        rows = np.arange(start, start + len(block))
         scores = np.concatenate([best_scores, queries @ block.T], axis=1)          # [q, kept + chunk]
-        index = np.concatenate([best_index, np.tile(rows, (len(queries), 1))], axis=1)
+        rows = np.arange(start, start + len(block))
+        index = np.concatenate([best_index, np.broadcast_to(rows, (q, len(rows)))], axis=1)
         if scores.shape[1] > k:                                                    # keep the k best so far
             keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
             scores, index = np.take_along_axis(scores, keep, axis=1), np.take_along_axis(index, keep, axis=1)
