@@ -394,11 +394,19 @@ def cmd_search_query(args):
     if not complete:
         print(f"e5np search: {args.index} is unfinished: it holds the first {len(vectors)} passages of its corpus "
               f"(`e5np search build --resume CORPUS {shlex.quote(args.index)}` continues it)", file=sys.stderr)
+    if args.queries:
+        queries = checked_arguments(list(args.queries))
+    elif args.input or not sys.stdin.isatty():
+        queries = list(iter_texts(args.input or "-"))
+    else:
+        queries = []
+    if not queries:
+        raise CliError("no queries: give them as arguments, with --input FILE, or on stdin (one per line)"
+                       + (f"; {args.input} has none" if args.input else ""))
     args.model = args.model or meta["model"]
     model = load_model(args)
     if model.dim != vectors.shape[1]:
         raise CliError(f"{args.model} makes {model.dim}-dim vectors but the index holds {vectors.shape[1]}-dim ones")
-    queries = checked_arguments(list(args.queries)) or list(iter_texts(args.input or "-"))
     indices, scores = top_k(vectors, model.encode_queries(queries), args.top_k)
     try:
         passages = passages_at(args.index, indices.ravel().tolist(), len(vectors), complete)
