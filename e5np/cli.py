@@ -339,6 +339,8 @@ def cmd_search_build(args):
     except ValueError as e:
         raise CliError(str(e)) from None
     unfinished = meta is not None and not meta.get("complete", True)
+    if args.model and os.path.isdir(os.path.expanduser(args.model)):   # stored for `search query` run from anywhere
+        args.model = os.path.abspath(os.path.expanduser(args.model))
     if args.resume:
         if not unfinished:
             raise CliError(f"{out}: no unfinished build to resume" + (" (its build is complete)" if meta else ""))

@@ -6,6 +6,7 @@ import io
 import json
 import re
 import resource
+import shutil
 import subprocess
 import sys
 
@@ -22,12 +23,12 @@ TEXTS = [f"passage {i} is about topic {i % 13}" for i in range(5000)]  # 3 chunk
 FILE_LIMIT = {".npy": 600_000, ".jsonl": 3_500_000}
 
 
-def e5np_cli(*args, file_limit=None):
+def e5np_cli(*args, file_limit=None, cwd=None):
     def limit_file_size():          # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     return subprocess.run([sys.executable, "-m", "e5np", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, preexec_fn=limit_file_size if file_limit else None)
+                          timeout=300, preexec_fn=limit_file_size if file_limit else None, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +172,13 @@ def test_resume_refuses_what_it_cannot_continue(corpus, straight_build, tmp_path
     assert wrong_model.returncode == 2 and "resume it with that model" in wrong_model.stderr
     assert json.loads((index / "index.json").read_text())["rows"] == 4096     # all of it left as it was
     assert len(np.load(index / "vectors.npy")) == 4096
+
+
+def test_index_built_with_a_relative_model_path_is_queried_from_anywhere(corpus, tmp_path):
+    """index.json records a local model directory as an absolute path: `search query` loads it by default."""
+    shutil.copytree(TINY_DIR, tmp_path / "my-model")
+    built = e5np_cli("search", "build", corpus, "index", "-m", "my-model", "-q", cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    assert json.loads((tmp_path / "index" / "index.json").read_text())["model"] == str(tmp_path / "my-model")
+    query = e5np_cli("search", "query", tmp_path / "index", "topic 3", "-k", "1", cwd=corpus.parent)
+    assert query.returncode == 0 and query.stdout.startswith("query: topic 3\n"), query.stderr
