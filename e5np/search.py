@@ -7,6 +7,7 @@ holds at least as many passages as vectors: its index is the passages that have 
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,9 @@ def top_k(vectors, queries, k, chunk_rows=None, block_scores=1 << 20):
 def write_meta(directory, model_name, dim, rows, complete):
     """index.json: the model, its dimension, the rows, and whether the build finished (see `e5np search build`)."""
     meta = {"model": model_name, "dim": dim, "rows": rows, "complete": complete}
-    (Path(directory) / META).write_text(json.dumps(meta, indent=2) + "\n")
+    spare = Path(directory) / (META + ".new")
+    spare.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(spare, Path(directory) / META)                          # whole or not at all, even if killed
 
 
 def read_meta(directory):
@@ -58,8 +61,8 @@ def read_meta(directory):
     return meta
 
 
-def read_passages(directory, rows=None):
-    """The texts of passages.jsonl, in order; only the first `rows` when given (ValueError if there are fewer)."""
+def read_passages(directory, rows):
+    """The texts of the first `rows` lines of passages.jsonl, in order (ValueError if there are fewer)."""
     path, count = Path(directory) / PASSAGES, 0
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -70,7 +73,7 @@ def read_passages(directory, rows=None):
                 yield json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise ValueError(f"{path}:{count}: not a passage line ({{\"text\": ...}})") from None
-    if rows is not None and count < rows:
+    if count < rows:
         raise ValueError(f"{path}: {count} passages, fewer than the {rows} vectors of {VECTORS}")
 
 
