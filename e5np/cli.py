@@ -333,6 +333,8 @@ def embed_stream(encode, texts, writer, args):
 
 def cmd_search_build(args):
     out = Path(args.index)
+    if out.is_dir():                                                   # first: a build running there is unfinished
+        lock_index(out)
     resume_command = f"`e5np search build --resume {shlex.quote(args.corpus)} {shlex.quote(args.index)}`"
     try:
         meta = read_meta(out) if (out / META).is_file() else None
@@ -357,6 +359,7 @@ def cmd_search_build(args):
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"cannot make {out}: {e.strerror}") from None
+    lock_index(out)
     writer = IndexWriter(out, args.model, model.dim, resume_command, append=args.resume)
     texts = iter_texts(args.corpus, args.field)
     if args.resume:
@@ -369,6 +372,29 @@ def cmd_search_build(args):
     embed_stream(model.encode_passages, texts, writer, args)
     print(f"e5np: indexed {writer.rows} passages in {out}", file=sys.stderr)
     return 0
+
+
+HELD_LOCKS = {}  # index directory -> its open .lock file: held until the process ends
+
+
+def lock_index(directory):
+    """An exclusive lock on directory/.lock for the rest of this process: two builds into one index would
+    interleave their chunks. CliError if another process holds it; no lock where fcntl is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    if directory in HELD_LOCKS:
+        return
+    try:
+        lock = open(directory / ".lock", "w")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CliError(f"{directory} is being built by another `e5np search build`: wait for it, or build "
+                       "into another directory") from None
+    except OSError as e:
+        raise CliError(f"cannot write {directory / '.lock'}: {e.strerror}") from None
+    HELD_LOCKS[directory] = lock
 
 
 def skip_indexed(texts, passages, corpus, index):

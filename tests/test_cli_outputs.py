@@ -2,6 +2,7 @@
 and a search index that an interruption, an error or a kill leaves unfinished but usable, and that
 `search build --resume` completes into the very bytes of an uninterrupted build."""
 
+import fcntl
 import io
 import json
 import re
@@ -182,3 +183,19 @@ def test_index_built_with_a_relative_model_path_is_queried_from_anywhere(corpus,
     assert json.loads((tmp_path / "index" / "index.json").read_text())["model"] == str(tmp_path / "my-model")
     query = e5np_cli("search", "query", tmp_path / "index", "topic 3", "-k", "1", cwd=corpus.parent)
     assert query.returncode == 0 and query.stdout.startswith("query: topic 3\n"), query.stderr
+
+
+def test_two_builds_never_write_one_index(corpus, straight_build, tmp_path):
+    """While a build holds the index's lock, another build into it stops at once (before the model loads)."""
+    index = tmp_path / "index"
+    shutil.copytree(straight_build, index)
+    with open(index / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)              # as a running `search build` holds it
+        for extra in ([], ["--resume"]):
+            second = e5np_cli("search", "build", *extra, corpus, index, "-m", TINY_DIR, "-q")
+            assert second.returncode == 2
+            assert second.stderr == (f"e5np search: {index} is being built by another `e5np search build`: "
+                                     "wait for it, or build into another directory\n")
+    assert_same_files(index, straight_build)
+    rebuilt = e5np_cli("search", "build", corpus, index, "-m", TINY_DIR, "-q")   # the lock released: it builds
+    assert rebuilt.returncode == 0, rebuilt.stderr
