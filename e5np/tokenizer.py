@@ -127,6 +127,10 @@ def lone_surrogate(text):
     return None
 
 
+# Characters a prefix holds per token the model takes: 8 covers English (4-5 characters a WordPiece token).
+PREFIX_CHARS_PER_TOKEN = 8
+
+
 def not_unicode(texts, indices):
     """ValueError naming the first of texts[indices] that holds a lone surrogate, or None."""
     for i in indices:
@@ -155,10 +159,6 @@ def encode_batch(tokenizer, texts):
     for i in long:
         encodings[i] = encode_prefix(tokenizer, texts[i], chars, encodings[i])
     return encodings
-
-
-# Characters a prefix holds per token the model takes: 8 covers English (4-5 characters a WordPiece token).
-PREFIX_CHARS_PER_TOKEN = 8
 
 
 def encode_prefix(tokenizer, text, chars, first):
