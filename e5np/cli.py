@@ -2,6 +2,7 @@
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import shlex
@@ -58,11 +59,18 @@ def checked_arguments(texts):
 
 
 def iter_texts(path, field=None):
-    """Texts from a file ('-' = stdin): one per non-blank line, or from JSON lines' `field` (for .jsonl or --field)."""
+    """Texts from a file ('-' = stdin): one per non-blank line, or from JSON lines' `field` (for .jsonl or --field).
+
+    The file is opened now, so that one that cannot be read stops a command before it writes anything (a typo
+    in `search build`'s corpus name would have replaced the index with an empty one); it is read as texts are
+    taken."""
+    return read_texts(open_input(path), path, field)
+
+
+def read_texts(f, path, field):
     jsonl = field is not None or str(path).endswith(".jsonl")
     field = field or "text"
     name = "stdin" if path == "-" else path
-    f = open_input(path)
     try:
         for number, line in enumerate(f, 1):
             if lone_surrogate(line) is not None:
@@ -352,6 +360,10 @@ def cmd_search_build(args):
     elif unfinished:
         raise CliError(f"{out} holds an unfinished build: {resume_command} continues it; delete {out} to start over")
     args.model = args.model or DEFAULT_MODEL
+    texts = iter_texts(args.corpus, args.field)                        # a corpus that cannot be read stops it here
+    if not args.resume:                    # so does a bad line in its first chunk: INDEX is replaced only after it
+        first_chunk = list(itertools.islice(texts, CHUNK))
+        texts = itertools.chain(first_chunk, texts)
     model = load_model(args)
     if args.resume and model.dim != meta["dim"]:
         raise CliError(f"{args.model} makes {model.dim}-dim vectors but {out} holds {meta['dim']}-dim ones")
@@ -361,7 +373,6 @@ def cmd_search_build(args):
         raise CliError(f"cannot make {out}: {e.strerror}") from None
     lock_index(out)
     writer = IndexWriter(out, args.model, model.dim, resume_command, append=args.resume)
-    texts = iter_texts(args.corpus, args.field)
     if args.resume:
         try:
             skip_indexed(texts, read_passages(out, writer.rows), args.corpus, out)

@@ -199,3 +199,18 @@ def test_two_builds_never_write_one_index(corpus, straight_build, tmp_path):
     assert_same_files(index, straight_build)
     rebuilt = e5np_cli("search", "build", corpus, index, "-m", TINY_DIR, "-q")   # the lock released: it builds
     assert rebuilt.returncode == 0, rebuilt.stderr
+
+
+def test_a_build_that_cannot_start_leaves_the_old_index(corpus, straight_build, tmp_path):
+    """A mistyped corpus name, or a bad line in the first chunk, used to replace the index with an empty
+    unfinished one; and `embed` left an empty output file for an input it could not read."""
+    index = tmp_path / "index"
+    shutil.copytree(straight_build, index)
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": \n')
+    for source, message in [(tmp_path / "corpsu.txt", "cannot read"),
+                            (tmp_path / "bad.jsonl", "bad.jsonl:2: not valid JSON")]:
+        result = e5np_cli("search", "build", source, index, "-m", TINY_DIR, "-q")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert_same_files(index, straight_build)
+    embed = e5np_cli("embed", "-m", TINY_DIR, "-i", tmp_path / "corpsu.txt", "-o", tmp_path / "v.npy")
+    assert embed.returncode == 2 and not (tmp_path / "v.npy").exists()
