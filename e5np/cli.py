@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .search import META, PASSAGES, VECTORS, load_index, passages_at, read_meta, read_passages, top_k, write_meta
+from .search import (META, PASSAGES, VECTORS, load_index, passages_at, read_meta, read_passages, top_k,
+                     weights_identity, write_meta)
 from .tokenizer import lone_surrogate
 
 DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
@@ -236,8 +237,9 @@ class IndexWriter(EmbeddingWriter):
     whose .npy header is the commit point. After Ctrl-C, an error or even a kill the directory is an index of
     the passages committed so far, marked unfinished, which `e5np search build --resume` continues."""
 
-    def __init__(self, directory, model_name, dim, resume_command, append=False):
+    def __init__(self, directory, model_name, dim, resume_command, weights=None, append=False):
         self.directory, self.model_name, self.resume_command = Path(directory), model_name, resume_command
+        self.weights = weights
         super().__init__(str(self.directory / VECTORS), dim, append=append)
         self.passages = self._open(self.directory / PASSAGES, "r+b" if append else "wb")
         for number in range(1, self.rows + 1):                        # keep the committed passages, drop the rest
@@ -249,7 +251,7 @@ class IndexWriter(EmbeddingWriter):
 
     def _write_meta(self, complete):
         try:
-            write_meta(self.directory, self.model_name, self.dim, self.rows, complete)
+            write_meta(self.directory, self.model_name, self.dim, self.rows, complete, self.weights)
         except OSError as e:
             raise CliError(f"cannot write {self.directory / META}: {e.strerror}") from None
 
@@ -367,12 +369,17 @@ def cmd_search_build(args):
     model = load_model(args)
     if args.resume and model.dim != meta["dim"]:
         raise CliError(f"{args.model} makes {model.dim}-dim vectors but {out} holds {meta['dim']}-dim ones")
+    weights = weights_identity(model.directory, meta.get("weights") if args.resume else None)
+    if args.resume and meta.get("weights") and weights["sha256"] != meta["weights"]["sha256"]:
+        raise CliError(f"the weights of {args.model} changed since {out} was begun (sha256 "
+                       f"{meta['weights']['sha256'][:12]}... then, {weights['sha256'][:12]}... now): one index cannot "
+                       f"mix two models' vectors; delete {out} and build it again")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"cannot make {out}: {e.strerror}") from None
     lock_index(out)
-    writer = IndexWriter(out, args.model, model.dim, resume_command, append=args.resume)
+    writer = IndexWriter(out, args.model, model.dim, resume_command, weights, append=args.resume)
     if args.resume:
         try:
             skip_indexed(texts, read_passages(out, writer.rows), args.corpus, out)
@@ -446,6 +453,10 @@ def cmd_search_query(args):
     model = load_model(args)
     if model.dim != vectors.shape[1]:
         raise CliError(f"{args.model} makes {model.dim}-dim vectors but the index holds {vectors.shape[1]}-dim ones")
+    built_with = meta.get("weights")                                   # none in indexes from before it was recorded
+    if built_with and weights_identity(model.directory, built_with)["sha256"] != built_with["sha256"]:
+        print(f"e5np search: warning: {args.model} is not the model {args.index} was built with (its weights' "
+              f"sha256 differs): the scores compare two models' vectors", file=sys.stderr)
     indices, scores = top_k(vectors, model.encode_queries(queries), args.top_k)
     try:
         passages = passages_at(args.index, indices.ravel().tolist(), len(vectors), complete)

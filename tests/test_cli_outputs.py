@@ -214,3 +214,29 @@ def test_a_build_that_cannot_start_leaves_the_old_index(corpus, straight_build, 
         assert_same_files(index, straight_build)
     embed = e5np_cli("embed", "-m", TINY_DIR, "-i", tmp_path / "corpsu.txt", "-o", tmp_path / "v.npy")
     assert embed.returncode == 2 and not (tmp_path / "v.npy").exists()
+
+
+def test_changed_weights_are_noticed(corpus, tmp_path):
+    """index.json records the weights' sha256: --resume refuses other weights (one index, two models), a query
+    with them warns; a file merely touched (new mtime, same bytes) is hashed again and passes."""
+    from safetensors.numpy import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(TINY_DIR, model)
+    index = tmp_path / "index"
+    e5np_cli("search", "build", corpus, index, "-m", model, "-q", file_limit=FILE_LIMIT[".npy"])
+    recorded = json.loads((index / "index.json").read_text())["weights"]
+    assert recorded["size"] == (model / "model.safetensors").stat().st_size and len(recorded["sha256"]) == 64
+
+    (model / "model.safetensors").touch()
+    query = e5np_cli("search", "query", index, "topic 3")
+    assert query.returncode == 0 and "warning" not in query.stderr, query.stderr
+
+    tensors = load_file(model / "model.safetensors")
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + np.float32(0.01)                   # fine-tuned in place, as it were
+    save_file(tensors, model / "model.safetensors")
+    query = e5np_cli("search", "query", index, "topic 3")
+    assert query.returncode == 0 and "is not the model" in query.stderr and "sha256 differs" in query.stderr
+    resumed = e5np_cli("search", "build", "--resume", corpus, index, "-q")
+    assert resumed.returncode == 2 and f"the weights of {model} changed since {index} was begun" in resumed.stderr
