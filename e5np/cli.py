@@ -135,6 +135,12 @@ def npy_header(rows, dim):
     return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
 
 
+def with_chunk(ends, rows, chunk_rows, chunk_bytes):
+    """{rows written: the file's length then} for now and for after the chunk about to be written: whenever a
+    Ctrl-C lands, the row count is one of the two, and close() cuts the file to the length that goes with it."""
+    return {rows: ends[rows], rows + chunk_rows: ends[rows] + chunk_bytes}
+
+
 class EmbeddingWriter:
     """Writes embeddings as they come: JSON arrays on stdout, JSON lines, or rows appended to a .npy.
 
@@ -204,7 +210,7 @@ class EmbeddingWriter:
                             for text, vector in zip(texts, vectors)).encode("utf-8")
         else:
             chunk = "".join(json.dumps(vector.tolist()) + "\n" for vector in vectors)
-        self.ends = {self.rows: self.ends[self.rows], self.rows + len(vectors): self.ends[self.rows] + len(chunk)}
+        self.ends = with_chunk(self.ends, self.rows, len(vectors), len(chunk))
         try:
             self.file.write(chunk)
             self.file.flush()
@@ -256,13 +262,13 @@ class IndexWriter(EmbeddingWriter):
             raise CliError(f"cannot write {self.directory / META}: {e.strerror}") from None
 
     def write(self, texts, vectors):
-        lines = "".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts)
+        lines = "".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts).encode("utf-8")
         try:
-            self.passages.write(lines.encode("utf-8"))
+            self.passages.write(lines)
             self.passages.flush()
         except OSError as e:
             raise CliError(f"cannot write {self.directory / PASSAGES}: {e.strerror}") from None
-        self.passage_ends = {self.rows: self.passage_ends[self.rows], self.rows + len(texts): self.passages.tell()}
+        self.passage_ends = with_chunk(self.passage_ends, self.rows, len(texts), len(lines))
         super().write(texts, vectors)                                  # the vectors, then the header: the commit
 
     def kept(self):
@@ -307,15 +313,17 @@ def choose_encoder(model, args):
     return model.encode
 
 
+def text_source(arguments, input_path, field=None, what="texts"):
+    """The texts of a command: its arguments, else --input, else stdin unless that is a terminal."""
+    if arguments:
+        return iter(checked_arguments(arguments))
+    if input_path or not sys.stdin.isatty():
+        return iter_texts(input_path or "-", field)
+    raise CliError(f"no {what}: give them as arguments, with --input FILE, or on stdin (one per line)")
+
+
 def cmd_embed(args):
-    if args.texts:
-        source = iter(checked_arguments(args.texts))
-    elif args.input:
-        source = iter_texts(args.input, args.field)
-    elif not sys.stdin.isatty():
-        source = iter_texts("-", args.field)
-    else:
-        raise CliError("no texts: give them as arguments, with --input FILE, or on stdin (one per line)")
+    source = text_source(args.texts, args.input, args.field)
     model = load_model(args)
     embed_stream(choose_encoder(model, args), source, EmbeddingWriter(args.output, model.dim), args)
     return 0
@@ -440,15 +448,9 @@ def cmd_search_query(args):
     if not complete:
         print(f"e5np search: {args.index} is unfinished: it holds the first {len(vectors)} passages of its corpus "
               f"(`e5np search build --resume CORPUS {shlex.quote(args.index)}` continues it)", file=sys.stderr)
-    if args.queries:
-        queries = checked_arguments(list(args.queries))
-    elif args.input or not sys.stdin.isatty():
-        queries = list(iter_texts(args.input or "-"))
-    else:
-        queries = []
+    queries = list(text_source(args.queries, args.input, what="queries"))
     if not queries:
-        raise CliError("no queries: give them as arguments, with --input FILE, or on stdin (one per line)"
-                       + (f"; {args.input} has none" if args.input else ""))
+        raise CliError(f"no queries: {args.input or 'stdin'} has none")
     args.model = args.model or meta["model"]
     model = load_model(args)
     if model.dim != vectors.shape[1]:

@@ -82,6 +82,14 @@ def read_meta(directory):
     return meta
 
 
+def passage_text(line, path, number):
+    """The text of line `number` of passages.jsonl; ValueError naming it if it is not {"text": ...}."""
+    try:
+        return json.loads(line)["text"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError(f"{path}:{number}: not a passage line ({{\"text\": ...}})") from None
+
+
 def read_passages(directory, rows):
     """The texts of the first `rows` lines of passages.jsonl, in order (ValueError if there are fewer)."""
     path, count = Path(directory) / PASSAGES, 0
@@ -90,10 +98,7 @@ def read_passages(directory, rows):
             if count == rows:
                 return
             count += 1
-            try:
-                yield json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ValueError(f"{path}:{count}: not a passage line ({{\"text\": ...}})") from None
+            yield passage_text(line, path, count)
     if count < rows:
         raise ValueError(f"{path}: {count} passages, fewer than the {rows} vectors of {VECTORS}")
 
@@ -125,10 +130,7 @@ def passages_at(directory, indices, rows, complete=True):
             if lines == rows and not complete:
                 break
             if lines in wanted:
-                try:
-                    found[lines] = json.loads(line)["text"]
-                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-                    raise ValueError(f"{path}:{lines + 1}: not a passage line ({{\"text\": ...}})") from None
+                found[lines] = passage_text(line, path, lines + 1)
             lines += 1
     if lines != rows:
         raise ValueError(f"{Path(directory)}: {VECTORS} has {rows} rows but {PASSAGES} has {lines}")

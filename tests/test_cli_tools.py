@@ -132,7 +132,7 @@ def test_search_errors(tmp_path):
     assert wrong.returncode == 2 and "48-dim vectors but the index holds 32-dim" in wrong.stderr
     assert cli("search", "query", tmp_path / "index", "q", "--top-k", "0").returncode == 2
     no_queries = cli("search", "query", tmp_path / "index", "--json", stdin="")   # was an IndexError traceback
-    assert no_queries.returncode == 2 and no_queries.stderr.startswith("e5np search: no queries: give them")
+    assert no_queries.returncode == 2 and no_queries.stderr == "e5np search: no queries: stdin has none\n"
 
     passages = tmp_path / "index" / "passages.jsonl"
     lines = passages.read_text().splitlines(keepends=True)
