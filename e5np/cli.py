@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .search import (META, PASSAGES, VECTORS, load_index, passages_at, read_meta, read_passages, top_k,
+from .search import (META, PASSAGES, VECTORS, load_index, passage_lines, passages_at, read_meta, top_k,
                      weights_identity, write_meta)
 from .tokenizer import lone_surrogate
 
@@ -33,7 +33,7 @@ class CliError(Exception):
 
 def open_input(path):
     """The file, or stdin for '-', as UTF-8 text (a leading byte-order mark dropped). Bytes that are not
-    UTF-8 come through as lone surrogates (errors="surrogateescape"): iter_texts reports them by line."""
+    UTF-8 come through as lone surrogates (errors="surrogateescape"): iter_records reports them by line."""
     if path == "-":
         if hasattr(sys.stdin, "reconfigure"):
             sys.stdin.reconfigure(encoding="utf-8-sig", errors="surrogateescape")
@@ -59,18 +59,28 @@ def checked_arguments(texts):
     return texts
 
 
-def iter_texts(path, field=None):
-    """Texts from a file ('-' = stdin): one per non-blank line, or from JSON lines' `field` (for .jsonl or --field).
+def text_records(texts):
+    """(text, record) pairs, as iter_records gives, for texts given as command-line arguments."""
+    return [(text, {"text": text}) for text in checked_arguments(texts)]
+
+
+def json_field(path, field=None):
+    """The field holding the text when path holds JSON lines (.jsonl, or --field given), else None: plain text."""
+    return field or "text" if field is not None or str(path).endswith(".jsonl") else None
+
+
+def iter_records(path, field=None):
+    """(text, record) pairs from a file ('-' = stdin): one per non-blank line, record {"text": line}; or for
+    JSON lines (.jsonl, or --field) one per object, text its `field` ("text" by default) and record the object
+    itself, whose other fields (an id, a URL) the .jsonl output and a search index keep.
 
     The file is opened now, so that one that cannot be read stops a command before it writes anything (a typo
     in `search build`'s corpus name would have replaced the index with an empty one); it is read as texts are
     taken."""
-    return read_texts(open_input(path), path, field)
+    return read_records(open_input(path), path, json_field(path, field))
 
 
-def read_texts(f, path, field):
-    jsonl = field is not None or str(path).endswith(".jsonl")
-    field = field or "text"
+def read_records(f, path, field):
     name = "stdin" if path == "-" else path
     try:
         for number, line in enumerate(f, 1):
@@ -78,8 +88,9 @@ def read_texts(f, path, field):
                 raise not_utf8(line, f"{name}:{number}")
             if not line.strip():
                 continue
-            if not jsonl:
-                yield line.rstrip("\r\n")
+            if field is None:
+                text = line.rstrip("\r\n")
+                yield text, {"text": text}
                 continue
             try:
                 record = json.loads(line)
@@ -92,10 +103,22 @@ def read_texts(f, path, field):
             if (where := lone_surrogate(record[field])) is not None:    # a JSON escape such as "\ud800"
                 raise CliError(f"{name}:{number}: {field!r} is not valid Unicode: a lone surrogate (U+{where[1]:04X}) "
                                f"at offset {where[0]} of the string")
-            yield record[field]
+            yield record[field], record
     finally:
         if f is not sys.stdin:
             f.close()
+
+
+def json_text(value, indent=None):
+    """value as JSON, non-ASCII characters as they are; all escaped (\\u00e9) if a string holds a lone surrogate,
+    which UTF-8 cannot hold: one that came in as a JSON escape ("\\ud800") in a record's field besides the text."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    return text if lone_surrogate(text) is None else json.dumps(value, indent=indent)
+
+
+def json_line(record):
+    """record as a line of UTF-8 JSON (see json_text)."""
+    return (json_text(record) + "\n").encode("utf-8")
 
 
 def chunks(iterable, size=CHUNK):
@@ -202,12 +225,13 @@ class EmbeddingWriter:
         except OSError as e:
             raise CliError(f"cannot write {self.output}: {e.strerror}") from None
 
-    def write(self, texts, vectors):
+    def write(self, records, vectors):
+        """records: the chunk's (text, record) pairs, vectors their embeddings."""
         if self.kind == "npy":
             chunk = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
-        elif self.kind == "jsonl":
-            chunk = "".join(json.dumps({"text": text, "embedding": vector.tolist()}, ensure_ascii=False) + "\n"
-                            for text, vector in zip(texts, vectors)).encode("utf-8")
+        elif self.kind == "jsonl":                                     # the record, its "embedding" added (or replaced)
+            chunk = b"".join(json_line({**record, "embedding": vector.tolist()})
+                             for (_, record), vector in zip(records, vectors))
         else:
             chunk = "".join(json.dumps(vector.tolist()) + "\n" for vector in vectors)
         self.ends = with_chunk(self.ends, self.rows, len(vectors), len(chunk))
@@ -243,9 +267,9 @@ class IndexWriter(EmbeddingWriter):
     whose .npy header is the commit point. After Ctrl-C, an error or even a kill the directory is an index of
     the passages committed so far, marked unfinished, which `e5np search build --resume` continues."""
 
-    def __init__(self, directory, model_name, dim, resume_command, weights=None, append=False):
+    def __init__(self, directory, model_name, dim, resume_command, weights=None, field=None, append=False):
         self.directory, self.model_name, self.resume_command = Path(directory), model_name, resume_command
-        self.weights = weights
+        self.weights, self.field = weights, field
         super().__init__(str(self.directory / VECTORS), dim, append=append)
         self.passages = self._open(self.directory / PASSAGES, "r+b" if append else "wb")
         for number in range(1, self.rows + 1):                        # keep the committed passages, drop the rest
@@ -257,19 +281,19 @@ class IndexWriter(EmbeddingWriter):
 
     def _write_meta(self, complete):
         try:
-            write_meta(self.directory, self.model_name, self.dim, self.rows, complete, self.weights)
+            write_meta(self.directory, self.model_name, self.dim, self.rows, complete, self.weights, self.field)
         except OSError as e:
             raise CliError(f"cannot write {self.directory / META}: {e.strerror}") from None
 
-    def write(self, texts, vectors):
-        lines = "".join(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in texts).encode("utf-8")
+    def write(self, records, vectors):
+        lines = b"".join(json_line(record) for _, record in records)
         try:
             self.passages.write(lines)
             self.passages.flush()
         except OSError as e:
             raise CliError(f"cannot write {self.directory / PASSAGES}: {e.strerror}") from None
-        self.passage_ends = with_chunk(self.passage_ends, self.rows, len(texts), len(lines))
-        super().write(texts, vectors)                                  # the vectors, then the header: the commit
+        self.passage_ends = with_chunk(self.passage_ends, self.rows, len(records), len(lines))
+        super().write(records, vectors)                                # the vectors, then the header: the commit
 
     def kept(self):
         return (f"{self.directory} holds an unfinished index of the first {self.rows} passages; "
@@ -316,9 +340,9 @@ def choose_encoder(model, args):
 def text_source(arguments, input_path, field=None, what="texts"):
     """The texts of a command: its arguments, else --input, else stdin unless that is a terminal."""
     if arguments:
-        return iter(checked_arguments(arguments))
+        return iter(text_records(arguments))
     if input_path or not sys.stdin.isatty():
-        return iter_texts(input_path or "-", field)
+        return iter_records(input_path or "-", field)
     raise CliError(f"no {what}: give them as arguments, with --input FILE, or on stdin (one per line)")
 
 
@@ -330,11 +354,12 @@ def cmd_embed(args):
 
 
 def embed_stream(encode, texts, writer, args):
-    """Embed texts CHUNK at a time into writer: bounded memory for any input size."""
+    """Embed (text, record) pairs CHUNK at a time into writer: bounded memory for any input size."""
     try:
         with progress(args) as bar:
             for chunk in chunks(texts):
-                writer.write(chunk, encode_with_warnings(encode, chunk, args.batch_size, offset=writer.rows))
+                vectors = encode_with_warnings(encode, [text for text, _ in chunk], args.batch_size, writer.rows)
+                writer.write(chunk, vectors)
                 bar.update(len(chunk))
     except (CliError, KeyboardInterrupt) as e:                        # a bad line, a full disk or Ctrl-C
         error = e if isinstance(e, CliError) else CliError("interrupted", status=130)
@@ -367,10 +392,15 @@ def cmd_search_build(args):
         if args.model not in (None, meta["model"]):
             raise CliError(f"{out} is being built with --model {meta['model']}: resume it with that model")
         args.model = meta["model"]
+        args.field = args.field or meta.get("field")
+        if "field" in meta and json_field(args.corpus, args.field) != meta["field"]:  # (older indexes: texts only)
+            built_from = f"JSON lines, field {meta['field']!r}" if meta.get("field") else "lines of plain text"
+            raise CliError(f"{out} is being built from {built_from}: resume it with a corpus of those"
+                           + (f" (--field {meta['field']})" if meta.get("field") else ""))
     elif unfinished:
         raise CliError(f"{out} holds an unfinished build: {resume_command} continues it; delete {out} to start over")
     args.model = args.model or DEFAULT_MODEL
-    texts = iter_texts(args.corpus, args.field)                        # a corpus that cannot be read stops it here
+    texts = iter_records(args.corpus, args.field)                      # a corpus that cannot be read stops it here
     if not args.resume:                    # so does a bad line in its first chunk: INDEX is replaced only after it
         first_chunk = list(itertools.islice(texts, CHUNK))
         texts = itertools.chain(first_chunk, texts)
@@ -387,10 +417,13 @@ def cmd_search_build(args):
     except OSError as e:
         raise CliError(f"cannot make {out}: {e.strerror}") from None
     lock_index(out)
-    writer = IndexWriter(out, args.model, model.dim, resume_command, weights, append=args.resume)
+    field = json_field(args.corpus, args.field)
+    if args.resume and "field" not in meta:                            # begun by an e5np that stored texts, not records
+        field, texts = None, ((text, {"text": text}) for text, _ in texts)
+    writer = IndexWriter(out, args.model, model.dim, resume_command, weights, field, append=args.resume)
     if args.resume:
         try:
-            skip_indexed(texts, read_passages(out, writer.rows), args.corpus, out)
+            skip_indexed(texts, passage_lines(out, writer.rows), args.corpus, out)
         except (CliError, KeyboardInterrupt):
             with contextlib.suppress(CliError):
                 writer.close(complete=False)
@@ -424,13 +457,14 @@ def lock_index(directory):
 
 
 def skip_indexed(texts, passages, corpus, index):
-    """Reads past the corpus's texts that the index already holds, checking each is the passage stored for it."""
+    """Reads past the corpus's texts that the index already holds, checking each is the passage stored for it
+    (passages: passages.jsonl's lines; the record is compared, not only its text)."""
     try:
         for number, passage in enumerate(passages, 1):
-            text = next(texts, None)
-            if text is None:
+            _, record = next(texts, (None, None))
+            if record is None:
                 problem = f"{corpus} ends after {number - 1} texts, but {index} holds more passages"
-            elif text != passage:
+            elif json_line(record) != passage:
                 problem = f"{corpus}: text {number} is not passage {number} of {index}"
             else:
                 continue
@@ -448,7 +482,7 @@ def cmd_search_query(args):
     if not complete:
         print(f"e5np search: {args.index} is unfinished: it holds the first {len(vectors)} passages of its corpus "
               f"(`e5np search build --resume CORPUS {shlex.quote(args.index)}` continues it)", file=sys.stderr)
-    queries = list(text_source(args.queries, args.input, what="queries"))
+    queries = [text for text, _ in text_source(args.queries, args.input, what="queries")]
     if not queries:
         raise CliError(f"no queries: {args.input or 'stdin'} has none")
     args.model = args.model or meta["model"]
@@ -460,15 +494,20 @@ def cmd_search_query(args):
         print(f"e5np search: warning: {args.model} is not the model {args.index} was built with (its weights' "
               f"sha256 differs): the scores compare two models' vectors", file=sys.stderr)
     indices, scores = top_k(vectors, model.encode_queries(queries), args.top_k)
+    field = meta.get("field")                                          # JSON lines: the record goes with its text
     try:
-        passages = passages_at(args.index, indices.ravel().tolist(), len(vectors), complete)
+        passages = passages_at(args.index, indices.ravel().tolist(), len(vectors), complete, field or "text")
     except ValueError as e:
         raise CliError(str(e)) from None
-    results = [{"query": q, "results": [{"rank": r + 1, "index": int(i), "score": float(s), "text": passages[int(i)]}
-                                        for r, (i, s) in enumerate(zip(row_i, row_s))]}
+
+    def hit(rank, i, score):
+        record = passages[i]
+        return {"rank": rank, "index": i, "score": score, "text": record[field or "text"]} | (
+            {"record": record} if field else {})
+    results = [{"query": q, "results": [hit(r + 1, int(i), float(s)) for r, (i, s) in enumerate(zip(row_i, row_s))]}
                for q, row_i, row_s in zip(queries, indices, scores)]
     if args.json:
-        print(json.dumps(results if len(results) > 1 else results[0], ensure_ascii=False, indent=2))
+        print(json_text(results if len(results) > 1 else results[0], indent=2))
     else:
         for result in results:
             print(f"query: {result['query']}")
@@ -509,7 +548,7 @@ def cmd_serve(args):
 def cmd_parity(args):
     from . import parity
 
-    texts = list(iter_texts(args.texts)) if args.texts else parity.DEFAULT_TEXTS
+    texts = [text for text, _ in iter_records(args.texts)] if args.texts else parity.DEFAULT_TEXTS
     if not texts:
         raise CliError(f"{args.texts}: no texts in it")
     try:
@@ -548,8 +587,8 @@ def build_parser():
 
     embed = sub.add_parser("embed", help="embed texts", description=(
         "Embed texts given as arguments, read from --input (one per line, or JSON lines with --field) or from "
-        "stdin. Prints one JSON array per text, or writes --output as .npy or .jsonl. Streams: any input size "
-        "runs in bounded memory."))
+        "stdin. Prints one JSON array per text, or writes --output as .npy or .jsonl (each text, or each input "
+        "record with all its fields, plus its \"embedding\"). Streams: any input size runs in bounded memory."))
     embed.add_argument("texts", nargs="*", help="texts to embed")
     model_option(embed)
     prefix_options(embed)

@@ -1,8 +1,9 @@
 """Exact nearest-neighbour search over normalized vectors: a matrix product, in chunks.
 
-An index is a directory: vectors.npy ([n, H] float32, unit rows), passages.jsonl (one {"text": ...}
-per row, in the same order) and index.json (the model, its dimension, how many rows, whether its build
-finished). `e5np search build` writes each chunk's passages and then its vectors, so an unfinished build
+An index is a directory: vectors.npy ([n, H] float32, unit rows), passages.jsonl (one JSON object per
+row, in the same order: {"text": ...} for a corpus of plain lines, the corpus's own records for JSON lines)
+and index.json (the model, its dimension, how many rows, whether its build finished, the records' text
+field). `e5np search build` writes each chunk's passages and then its vectors, so an unfinished build
 holds at least as many passages as vectors: its index is the passages that have vectors.
 """
 
@@ -61,10 +62,11 @@ def weights_identity(model_directory, known=None):
     return {"sha256": digest.hexdigest(), "size": status.st_size, "mtime_ns": status.st_mtime_ns}
 
 
-def write_meta(directory, model_name, dim, rows, complete, weights=None):
-    """index.json: the model, its dimension, the rows, whether the build finished (see `e5np search build`), and
+def write_meta(directory, model_name, dim, rows, complete, weights=None, field=None):
+    """index.json: the model, its dimension, the rows, whether the build finished (see `e5np search build`), the
+    field of the passages' records that holds the text when the corpus was JSON lines (null for plain text), and
     the identity of the weights that made the vectors (see weights_identity)."""
-    meta = {"model": model_name, "dim": dim, "rows": rows, "complete": complete, "weights": weights}
+    meta = {"model": model_name, "dim": dim, "rows": rows, "complete": complete, "field": field, "weights": weights}
     spare = Path(directory) / (META + ".new")
     spare.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(spare, Path(directory) / META)                          # whole or not at all, even if killed
@@ -82,23 +84,27 @@ def read_meta(directory):
     return meta
 
 
-def passage_text(line, path, number):
-    """The text of line `number` of passages.jsonl; ValueError naming it if it is not {"text": ...}."""
+def passage_record(line, path, number, field="text"):
+    """The record on line `number` of passages.jsonl; ValueError naming it if it is not an object whose `field` is
+    a string."""
     try:
-        return json.loads(line)["text"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{path}:{number}: not a passage line ({{\"text\": ...}})") from None
+        record = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get(field), str):
+        raise ValueError(f"{path}:{number}: not a passage line (an object with a string field {field!r})")
+    return record
 
 
-def read_passages(directory, rows):
-    """The texts of the first `rows` lines of passages.jsonl, in order (ValueError if there are fewer)."""
+def passage_lines(directory, rows):
+    """The first `rows` lines of passages.jsonl as they are on disk, bytes (ValueError if there are fewer)."""
     path, count = Path(directory) / PASSAGES, 0
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for line in f:
             if count == rows:
                 return
             count += 1
-            yield passage_text(line, path, count)
+            yield line
     if count < rows:
         raise ValueError(f"{path}: {count} passages, fewer than the {rows} vectors of {VECTORS}")
 
@@ -120,8 +126,8 @@ def load_index(directory):
     return vectors, meta
 
 
-def passages_at(directory, indices, rows, complete=True):
-    """{i: the text of passage i} for the given indices, in one pass over passages.jsonl that also checks it holds
+def passages_at(directory, indices, rows, complete=True, field="text"):
+    """{i: the record of passage i} for the given indices, in one pass over passages.jsonl that also checks it holds
     `rows` passages, one per vector (ValueError if not). An unfinished build (complete false) may hold more: a
     build killed mid-chunk writes the next chunk's passages, or part of them, before their vectors."""
     path, wanted, found, lines = Path(directory) / PASSAGES, set(indices), {}, 0
@@ -130,7 +136,7 @@ def passages_at(directory, indices, rows, complete=True):
             if lines == rows and not complete:
                 break
             if lines in wanted:
-                found[lines] = passage_text(line, path, lines + 1)
+                found[lines] = passage_record(line, path, lines + 1, field)
             lines += 1
     if lines != rows:
         raise ValueError(f"{Path(directory)}: {VECTORS} has {rows} rows but {PASSAGES} has {lines}")

@@ -169,10 +169,82 @@ def test_resume_refuses_what_it_cannot_continue(corpus, straight_build, tmp_path
     other.write_text("\n".join(TEXTS[:100]) + "\n")
     shorter = e5np_cli("search", "build", "--resume", other, index)
     assert shorter.returncode == 2 and f"{other} ends after 100 texts, but {index} holds more" in shorter.stderr
+    as_records = tmp_path / "records.jsonl"
+    as_records.write_text("".join(json.dumps({"text": text}) + "\n" for text in TEXTS))
+    records = e5np_cli("search", "build", "--resume", as_records, index)
+    assert records.returncode == 2
+    assert records.stderr == (f"e5np search: {index} is being built from lines of plain text: resume it with a "
+                              "corpus of those\n")
     wrong_model = e5np_cli("search", "build", "--resume", corpus, index, "-m", FIXTURES / "bert-wide")
     assert wrong_model.returncode == 2 and "resume it with that model" in wrong_model.stderr
     assert json.loads((index / "index.json").read_text())["rows"] == 4096     # all of it left as it was
     assert len(np.load(index / "vectors.npy")) == 4096
+
+
+RECORDS = [{"id": i, "body": text, "source": "tests"} for i, text in enumerate(TEXTS)]
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """A JSON-lines corpus whose records carry an id besides the text, and an uninterrupted build's index of it."""
+    path = tmp_path_factory.mktemp("records") / "records.jsonl"
+    path.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
+    index = path.parent / "straight"
+    result = e5np_cli("search", "build", path, index, "--field", "body", "-m", TINY_DIR, "-q")
+    assert result.returncode == 0, result.stderr
+    return path, index
+
+
+def unfinished_build(corpus, index, *options):
+    failed = e5np_cli("search", "build", corpus, index, *options, "-m", TINY_DIR, "-q", file_limit=FILE_LIMIT[".npy"])
+    assert failed.returncode == 2 and "unfinished index of the first 4096 passages" in failed.stderr, failed.stderr
+
+
+def test_a_build_of_records_resumes_with_its_field(records, tmp_path):
+    """--resume takes the text's field from the index, compares whole records (not only texts) and refuses a
+    corpus of another kind."""
+    corpus, straight = records
+    index = tmp_path / "index"
+    unfinished_build(corpus, index, "--field", "body")
+
+    other = tmp_path / "other.jsonl"
+    changed = [dict(r, id="renamed") if i == 7 else r for i, r in enumerate(RECORDS)]   # same text, other id
+    other.write_text("".join(json.dumps(record) + "\n" for record in changed))
+    result = e5np_cli("search", "build", "--resume", other, index)
+    assert result.returncode == 2 and f"{other}: text 8 is not passage 8 of {index}" in result.stderr, result.stderr
+    wrong_field = e5np_cli("search", "build", "--resume", corpus, index, "--field", "source")
+    assert wrong_field.returncode == 2
+    assert wrong_field.stderr == (f"e5np search: {index} is being built from JSON lines, field 'body': resume it "
+                                  "with a corpus of those (--field body)\n")
+    lines = tmp_path / "lines.txt"                                     # read as JSON lines, as the index's corpus
+    lines.write_text("\n".join(TEXTS) + "\n")
+    not_json = e5np_cli("search", "build", "--resume", lines, index)
+    assert not_json.returncode == 2 and f"{lines}:1: not valid JSON" in not_json.stderr
+    assert json.loads((index / "index.json").read_text())["rows"] == 4096
+
+    resumed = e5np_cli("search", "build", "--resume", corpus, index, "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_files(index, straight)
+
+
+def test_resume_continues_an_index_begun_before_records_were_kept(records, tmp_path):
+    """An unfinished index from before index.json had "field" holds {"text": ...} lines: --resume goes on so."""
+    corpus, straight = records
+    index = tmp_path / "index"
+    unfinished_build(corpus, index, "--field", "body")
+    passages = [json.loads(line) for line in (index / "passages.jsonl").read_text().splitlines()]
+    (index / "passages.jsonl").write_text("".join(json.dumps({"text": p["body"]}) + "\n" for p in passages))
+    meta = json.loads((index / "index.json").read_text())
+    del meta["field"]
+    (index / "index.json").write_text(json.dumps(meta))
+
+    resumed = e5np_cli("search", "build", "--resume", corpus, index, "--field", "body", "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (index / "vectors.npy").read_bytes() == (straight / "vectors.npy").read_bytes()
+    stored = [json.loads(line) for line in (index / "passages.jsonl").read_text().splitlines()]
+    assert stored == [{"text": text} for text in TEXTS]
+    query = e5np_cli("search", "query", index, "topic 3", "--json", "-k", "1")
+    assert query.returncode == 0 and "record" not in json.loads(query.stdout)["results"][0], query.stderr
 
 
 def test_index_built_with_a_relative_model_path_is_queried_from_anywhere(corpus, tmp_path):

@@ -121,6 +121,46 @@ def test_search_build_and_query(tiny, tmp_path):
     assert plain.returncode == 0 and plain.stdout.startswith("query: bamboo\n    1. ")
 
 
+RECORDS = [{"id": f"doc-{i}", "body": text, "tags": ["fr" if "Paris" in text else "en", i], "note": "café ☕"}
+           for i, text in enumerate(CORPUS)]
+RECORDS[1]["note"] = "a \ud800 lone surrogate"    # legal as a JSON escape in a field e5np does not embed
+RECORDS[2]["embedding"] = [0.5, 0.5]               # from an earlier run: replaced, not duplicated
+
+
+def test_json_lines_keep_their_records(tiny, tmp_path):
+    """A JSON-lines corpus's other fields (an id, a URL) come back with its vectors: `embed -o x.jsonl` writes
+    each record with its "embedding", `search build` stores the records and `search query` returns them."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")
+    embedded = cli("embed", "-m", TINY_DIR, "-i", docs, "--field", "body", "-o", tmp_path / "v.jsonl")
+    assert embedded.returncode == 0, embedded.stderr
+    rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [{k: v for k, v in row.items() if k != "embedding"} for row in rows] == [
+        {k: v for k, v in record.items() if k != "embedding"} for record in RECORDS]
+    assert [list(row) for row in rows] == [[k for k in r if k != "embedding"] + ["embedding"] for r in RECORDS]
+    np.testing.assert_allclose([row["embedding"] for row in rows], tiny.encode(CORPUS), atol=1e-6)
+    assert "café ☕" in (tmp_path / "v.jsonl").read_text(encoding="utf-8")   # not \u-escaped where UTF-8 can hold it
+
+    built = cli("search", "build", docs, tmp_path / "index", "--field", "body", "-m", TINY_DIR)
+    assert built.returncode == 0, built.stderr
+    stored = [json.loads(line) for line in (tmp_path / "index" / "passages.jsonl").read_text().splitlines()]
+    assert stored == RECORDS
+    assert json.loads((tmp_path / "index" / "index.json").read_text())["field"] == "body"
+    result = cli("search", "query", tmp_path / "index", "what do pandas eat?", "-k", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)["results"]
+    assert [hit["record"] for hit in hits] == [RECORDS[hit["index"]] for hit in hits]
+    assert [hit["text"] for hit in hits] == [CORPUS[hit["index"]] for hit in hits]
+    plain = cli("search", "query", tmp_path / "index", "bamboo", "-k", "1")
+    assert plain.returncode == 0 and plain.stdout.startswith("query: bamboo\n    1. ")
+
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n")               # plain lines: no records
+    assert cli("search", "build", tmp_path / "corpus.txt", tmp_path / "lines", "-m", TINY_DIR).returncode == 0
+    assert json.loads((tmp_path / "lines" / "index.json").read_text())["field"] is None
+    result = cli("search", "query", tmp_path / "lines", "bamboo", "-k", "1", "--json")
+    assert list(json.loads(result.stdout)["results"][0]) == ["rank", "index", "score", "text"]
+
+
 def test_search_errors(tmp_path):
     missing = cli("search", "query", tmp_path / "nowhere", "q")
     assert missing.returncode == 2 and "not found" in missing.stderr
