@@ -482,7 +482,7 @@ def cmd_search_query(args):
     if not complete:
         print(f"e5np search: {args.index} is unfinished: it holds the first {len(vectors)} passages of its corpus "
               f"(`e5np search build --resume CORPUS {shlex.quote(args.index)}` continues it)", file=sys.stderr)
-    queries = [text for text, _ in text_source(args.queries, args.input, what="queries")]
+    queries = [text for text, _ in text_source(args.queries, args.input, args.field, what="queries")]
     if not queries:
         raise CliError(f"no queries: {args.input or 'stdin'} has none")
     args.model = args.model or meta["model"]
@@ -613,7 +613,8 @@ def build_parser():
     query.add_argument("index", help="an index directory made by `e5np search build`")
     query.add_argument("queries", nargs="*", help="queries (else --input or stdin, one per line)")
     model_option(query, default=None)
-    query.add_argument("--input", "-i", help="file with one query per line")
+    query.add_argument("--input", "-i", help="file with one query per line, or .jsonl ('-' = stdin)")
+    query.add_argument("--field", help="JSON lines: the field holding the query (default 'text')")
     query.add_argument("--top-k", "-k", type=int, default=5, help="passages per query (default 5)")
     query.add_argument("--json", action="store_true", help="print results as JSON")
     query.set_defaults(run=cmd_search_query)

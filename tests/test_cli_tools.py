@@ -153,6 +153,11 @@ def test_json_lines_keep_their_records(tiny, tmp_path):
     assert [hit["text"] for hit in hits] == [CORPUS[hit["index"]] for hit in hits]
     plain = cli("search", "query", tmp_path / "index", "bamboo", "-k", "1")
     assert plain.returncode == 0 and plain.stdout.startswith("query: bamboo\n    1. ")
+    queries = tmp_path / "queries.jsonl"                               # queries may come as JSON lines too
+    queries.write_text(json.dumps({"q": "bamboo", "user": 7}) + "\n" + json.dumps({"q": "Paris"}) + "\n")
+    result = cli("search", "query", tmp_path / "index", "-i", queries, "--field", "q", "-k", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [r["query"] for r in json.loads(result.stdout)] == ["bamboo", "Paris"]
 
     (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n")               # plain lines: no records
     assert cli("search", "build", tmp_path / "corpus.txt", tmp_path / "lines", "-m", TINY_DIR).returncode == 0
