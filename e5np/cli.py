@@ -267,10 +267,12 @@ class IndexWriter(EmbeddingWriter):
     whose .npy header is the commit point. After Ctrl-C, an error or even a kill the directory is an index of
     the passages committed so far, marked unfinished, which `e5np search build --resume` continues."""
 
-    def __init__(self, directory, model_name, dim, resume_command, weights=None, field=None, append=False):
+    def __init__(self, directory, model_name, dim, resume_command, weights=None, field=None, build_start=None,
+                 append=False):
         self.directory, self.model_name, self.resume_command = Path(directory), model_name, resume_command
         self.weights, self.field = weights, field
         super().__init__(str(self.directory / VECTORS), dim, append=append)
+        self.build_start = self.rows if build_start is None else build_start   # the first row of this corpus
         self.passages = self._open(self.directory / PASSAGES, "r+b" if append else "wb")
         for number in range(1, self.rows + 1):                        # keep the committed passages, drop the rest
             if not self.passages.readline().endswith(b"\n"):
@@ -281,7 +283,8 @@ class IndexWriter(EmbeddingWriter):
 
     def _write_meta(self, complete):
         try:
-            write_meta(self.directory, self.model_name, self.dim, self.rows, complete, self.weights, self.field)
+            write_meta(self.directory, self.model_name, self.dim, self.rows, complete, self.weights, self.field,
+                       self.build_start)
         except OSError as e:
             raise CliError(f"cannot write {self.directory / META}: {e.strerror}") from None
 
@@ -383,54 +386,75 @@ def cmd_search_build(args):
         meta = read_meta(out) if (out / META).is_file() else None
     except ValueError as e:
         raise CliError(str(e)) from None
-    unfinished = meta is not None and not meta.get("complete", True)
     if args.model and os.path.isdir(os.path.expanduser(args.model)):   # stored for `search query` run from anywhere
         args.model = os.path.abspath(os.path.expanduser(args.model))
-    if args.resume:
-        if not unfinished:
-            raise CliError(f"{out}: no unfinished build to resume" + (" (its build is complete)" if meta else ""))
-        if args.model not in (None, meta["model"]):
-            raise CliError(f"{out} is being built with --model {meta['model']}: resume it with that model")
-        args.model = meta["model"]
-        args.field = args.field or meta.get("field")
-        if "field" in meta and json_field(args.corpus, args.field) != meta["field"]:  # (older indexes: texts only)
-            built_from = f"JSON lines, field {meta['field']!r}" if meta.get("field") else "lines of plain text"
-            raise CliError(f"{out} is being built from {built_from}: resume it with a corpus of those"
-                           + (f" (--field {meta['field']})" if meta.get("field") else ""))
-    elif unfinished:
+    continuing = args.resume or args.append                            # after the passages INDEX holds
+    if continuing:
+        check_continuable(args, out, meta)
+    elif meta is not None and not meta.get("complete", True):
         raise CliError(f"{out} holds an unfinished build: {resume_command} continues it; delete {out} to start over")
     args.model = args.model or DEFAULT_MODEL
     texts = iter_records(args.corpus, args.field)                      # a corpus that cannot be read stops it here
-    if not args.resume:                    # so does a bad line in its first chunk: INDEX is replaced only after it
+    if not args.resume:                    # so does a bad line in its first chunk: INDEX is changed only after it
         first_chunk = list(itertools.islice(texts, CHUNK))
         texts = itertools.chain(first_chunk, texts)
     model = load_model(args)
-    if args.resume and model.dim != meta["dim"]:
-        raise CliError(f"{args.model} makes {model.dim}-dim vectors but {out} holds {meta['dim']}-dim ones")
-    weights = weights_identity(model.directory, meta.get("weights") if args.resume else None)
-    if args.resume and meta.get("weights") and weights["sha256"] != meta["weights"]["sha256"]:
-        raise CliError(f"the weights of {args.model} changed since {out} was begun (sha256 "
-                       f"{meta['weights']['sha256'][:12]}... then, {weights['sha256'][:12]}... now): one index cannot "
-                       f"mix two models' vectors; delete {out} and build it again")
+    weights = weights_identity(model.directory, meta.get("weights") if continuing else None)
+    if continuing:
+        check_same_model(args, out, meta, model.dim, weights)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CliError(f"cannot make {out}: {e.strerror}") from None
     lock_index(out)
     field = json_field(args.corpus, args.field)
-    if args.resume and "field" not in meta:                            # begun by an e5np that stored texts, not records
+    if continuing and "field" not in meta:                             # begun by an e5np that stored texts, not records
         field, texts = None, ((text, {"text": text}) for text, _ in texts)
-    writer = IndexWriter(out, args.model, model.dim, resume_command, weights, field, append=args.resume)
+    build_start = meta.get("build_start", 0) if args.resume else None  # where this corpus's passages begin
+    writer = IndexWriter(out, args.model, model.dim, resume_command, weights, field, build_start, append=continuing)
     if args.resume:
         try:
-            skip_indexed(texts, passage_lines(out, writer.rows), args.corpus, out)
+            skip_indexed(texts, passage_lines(out, writer.rows, writer.build_start), args.corpus, out,
+                         writer.build_start)
         except (CliError, KeyboardInterrupt):
             with contextlib.suppress(CliError):
                 writer.close(complete=False)
             raise
     embed_stream(model.encode_passages, texts, writer, args)
-    print(f"e5np: indexed {writer.rows} passages in {out}", file=sys.stderr)
+    added = f"added {writer.rows - writer.build_start} passages to {out} ({writer.rows} in all)"
+    print(f"e5np: {added if writer.build_start else f'indexed {writer.rows} passages in {out}'}", file=sys.stderr)
     return 0
+
+
+def check_continuable(args, out, meta):
+    """CliError unless INDEX can be resumed (--resume: its build is unfinished) or appended to (--append: it is
+    complete); sets the model and the text's field to the index's where they are not given."""
+    complete = meta is not None and meta.get("complete", True)
+    if args.resume and not (meta and not complete):
+        raise CliError(f"{out}: no unfinished build to resume" + (" (its build is complete)" if meta else ""))
+    if args.append and not complete:
+        raise CliError(f"{out}: no index to append to; `e5np search build CORPUS {out}` makes one" if meta is None else
+                       f"{out} holds an unfinished build: finish it first (`e5np search build --resume CORPUS {out}` "
+                       "with the corpus it was begun with)")
+    built, verb = ("is being built", "resume it") if args.resume else ("is built", "append to it")
+    if args.model not in (None, meta["model"]):
+        raise CliError(f"{out} {built} with --model {meta['model']}: {verb} with that model")
+    args.model = meta["model"]
+    args.field = args.field or meta.get("field")
+    if "field" in meta and json_field(args.corpus, args.field) != meta["field"]:  # (older indexes: texts only)
+        built_from = f"JSON lines, field {meta['field']!r}" if meta.get("field") else "lines of plain text"
+        raise CliError(f"{out} {built} from {built_from}: {verb} with a corpus of those"
+                       + (f" (--field {meta['field']})" if meta.get("field") else ""))
+
+
+def check_same_model(args, out, meta, dim, weights):
+    """CliError unless the model makes vectors of the index's size with the weights that made its vectors."""
+    if dim != meta["dim"]:
+        raise CliError(f"{args.model} makes {dim}-dim vectors but {out} holds {meta['dim']}-dim ones")
+    if meta.get("weights") and weights["sha256"] != meta["weights"]["sha256"]:
+        raise CliError(f"the weights of {args.model} changed since {out} was begun (sha256 "
+                       f"{meta['weights']['sha256'][:12]}... then, {weights['sha256'][:12]}... now): one index cannot "
+                       f"mix two models' vectors; delete {out} and build it again")
 
 
 HELD_LOCKS = {}  # index directory -> its open .lock file: held until the process ends
@@ -456,16 +480,17 @@ def lock_index(directory):
     HELD_LOCKS[directory] = lock
 
 
-def skip_indexed(texts, passages, corpus, index):
+def skip_indexed(texts, passages, corpus, index, start=0):
     """Reads past the corpus's texts that the index already holds, checking each is the passage stored for it
-    (passages: passages.jsonl's lines; the record is compared, not only its text)."""
+    (passages: passages.jsonl's lines from `start`, the row where the corpus begins; the record is compared, not
+    only its text)."""
     try:
         for number, passage in enumerate(passages, 1):
             _, record = next(texts, (None, None))
             if record is None:
                 problem = f"{corpus} ends after {number - 1} texts, but {index} holds more passages"
             elif json_line(record) != passage:
-                problem = f"{corpus}: text {number} is not passage {number} of {index}"
+                problem = f"{corpus}: text {number} is not passage {start + number} of {index}"
             else:
                 continue
             raise CliError(f"{problem}: resume with the corpus {index} was built from")
@@ -603,10 +628,15 @@ def build_parser():
     build = search_sub.add_parser("build", help="embed a corpus into an index directory")
     build.add_argument("corpus", help="text file (one passage per line) or .jsonl ('-' = stdin)")
     build.add_argument("index", help="directory to write vectors.npy, passages.jsonl, index.json into")
-    build.add_argument("--resume", action="store_true",
-                       help="continue an unfinished build of INDEX (stopped by Ctrl-C, an error or a kill) from "
-                            "where it stopped, after checking that CORPUS starts with the passages it holds")
-    model_option(build, default=None, default_text=f"{DEFAULT_MODEL}; with --resume, the one the index is built with")
+    continuation = build.add_mutually_exclusive_group()
+    continuation.add_argument("--resume", action="store_true",
+                              help="continue an unfinished build of INDEX (stopped by Ctrl-C, an error or a kill) "
+                                   "from where it stopped, after checking that CORPUS starts with the passages it "
+                                   "holds")
+    continuation.add_argument("--append", action="store_true",
+                              help="add CORPUS's passages to the complete index INDEX, after the ones it holds")
+    model_option(build, default=None,
+                 default_text=f"{DEFAULT_MODEL}; with --resume or --append, the one the index is built with")
     encoding_options(build, with_input=False)                          # the corpus is the positional argument
     build.set_defaults(run=cmd_search_build)
     query = search_sub.add_parser("query", help="top-k passages for queries")

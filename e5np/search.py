@@ -62,11 +62,13 @@ def weights_identity(model_directory, known=None):
     return {"sha256": digest.hexdigest(), "size": status.st_size, "mtime_ns": status.st_mtime_ns}
 
 
-def write_meta(directory, model_name, dim, rows, complete, weights=None, field=None):
+def write_meta(directory, model_name, dim, rows, complete, weights=None, field=None, build_start=0):
     """index.json: the model, its dimension, the rows, whether the build finished (see `e5np search build`), the
-    field of the passages' records that holds the text when the corpus was JSON lines (null for plain text), and
-    the identity of the weights that made the vectors (see weights_identity)."""
-    meta = {"model": model_name, "dim": dim, "rows": rows, "complete": complete, "field": field, "weights": weights}
+    field of the passages' records that holds the text when the corpus was JSON lines (null for plain text), the
+    row where the last build's corpus begins (after the passages it was appended to; what --resume compares
+    its corpus with), and the identity of the weights that made the vectors (see weights_identity)."""
+    meta = {"model": model_name, "dim": dim, "rows": rows, "complete": complete, "field": field,
+            "build_start": build_start, "weights": weights}
     spare = Path(directory) / (META + ".new")
     spare.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(spare, Path(directory) / META)                          # whole or not at all, even if killed
@@ -96,15 +98,16 @@ def passage_record(line, path, number, field="text"):
     return record
 
 
-def passage_lines(directory, rows):
-    """The first `rows` lines of passages.jsonl as they are on disk, bytes (ValueError if there are fewer)."""
+def passage_lines(directory, rows, start=0):
+    """Lines start..rows-1 of passages.jsonl as they are on disk, bytes (ValueError if there are fewer)."""
     path, count = Path(directory) / PASSAGES, 0
     with open(path, "rb") as f:
         for line in f:
             if count == rows:
                 return
             count += 1
-            yield line
+            if count > start:
+                yield line
     if count < rows:
         raise ValueError(f"{path}: {count} passages, fewer than the {rows} vectors of {VECTORS}")
 

@@ -17,6 +17,7 @@ import pytest
 import e5np
 from e5np import cli as cli_module
 from tests.checkpoints import FIXTURES, TINY_DIR
+from tests.row_independence import assert_same_vectors
 
 TEXTS = [f"passage {i} is about topic {i % 13}" for i in range(5000)]  # 3 chunks of CHUNK = 2048
 # Largest file a process under test may write: the tiny model's 5,000 rows outgrow these in the third chunk, so the
@@ -245,6 +246,63 @@ def test_resume_continues_an_index_begun_before_records_were_kept(records, tmp_p
     assert stored == [{"text": text} for text in TEXTS]
     query = e5np_cli("search", "query", index, "topic 3", "--json", "-k", "1")
     assert query.returncode == 0 and "record" not in json.loads(query.stdout)["results"][0], query.stderr
+
+
+def write_lines(path, texts):
+    path.write_text("".join(text + "\n" for text in texts))
+    return path
+
+
+def assert_same_index(index, expected):
+    """The same passages and vectors (bit for bit where this BLAS allows: the chunks were other batches)."""
+    assert (index / "passages.jsonl").read_bytes() == (expected / "passages.jsonl").read_bytes()
+    assert_same_vectors(np.load(index / "vectors.npy"), np.load(expected / "vectors.npy"))
+    meta, expected_meta = (json.loads((i / "index.json").read_text()) for i in (index, expected))
+    assert {**meta, "build_start": 0} == expected_meta
+
+
+def test_append_adds_a_corpus_to_a_complete_index(corpus, straight_build, tmp_path):
+    """Two appends make the index one build of the whole corpus makes; an append cut short resumes."""
+    index = tmp_path / "index"
+    first = e5np_cli("search", "build", write_lines(tmp_path / "a.txt", TEXTS[:1000]), index, "-m", TINY_DIR, "-q")
+    assert first.returncode == 0, first.stderr
+    second = write_lines(tmp_path / "b.txt", TEXTS[1000:])
+    cut_short = e5np_cli("search", "build", "--append", second, index, "-q", file_limit=FILE_LIMIT[".npy"])
+    assert cut_short.returncode == 2
+    assert cut_short.stderr.endswith(f"{index} holds an unfinished index of the first 3048 passages; "
+                                     f"`e5np search build --resume {second} {index}` continues it\n")
+    assert json.loads((index / "index.json").read_text())["build_start"] == 1000
+
+    wrong = write_lines(tmp_path / "wrong.txt", TEXTS[1000:1100] + ["not it"] + TEXTS[1101:])
+    refused = e5np_cli("search", "build", "--resume", wrong, index)
+    assert refused.returncode == 2 and f"{wrong}: text 101 is not passage 1101 of {index}" in refused.stderr
+    again = e5np_cli("search", "build", "--append", second, index)
+    assert again.returncode == 2 and f"{index} holds an unfinished build: finish it first" in again.stderr
+    resumed = e5np_cli("search", "build", "--resume", second, index, "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr == f"e5np: added 4000 passages to {index} (5000 in all)\n"
+    assert_same_index(index, straight_build)
+
+    more = write_lines(tmp_path / "more.txt", ["one more passage"])
+    appended = e5np_cli("search", "build", "--append", more, index, "-q")
+    assert appended.returncode == 0, appended.stderr
+    hit = json.loads(e5np_cli("search", "query", index, "one more passage", "-k", "1", "--json").stdout)["results"][0]
+    assert (hit["index"], hit["text"]) == (5000, "one more passage")
+
+
+def test_append_refuses_what_would_spoil_the_index(corpus, straight_build, tmp_path):
+    index = tmp_path / "index"
+    shutil.copytree(straight_build, index)
+    more = write_lines(tmp_path / "more.txt", ["one more passage"])
+    for options, message in [
+            (["-m", FIXTURES / "bert-wide"], f"{index} is built with --model {TINY_DIR}: append to it with that model"),
+            (["--field", "body"], f"{index} is built from lines of plain text: append to it with a corpus of those"),
+            (["--resume"], "not allowed with argument")]:
+        result = e5np_cli("search", "build", "--append", more, index, *options)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    nowhere = e5np_cli("search", "build", "--append", more, tmp_path / "nowhere")
+    assert nowhere.returncode == 2 and f"{tmp_path / 'nowhere'}: no index to append to" in nowhere.stderr
+    assert_same_files(index, straight_build)
 
 
 def test_index_built_with_a_relative_model_path_is_queried_from_anywhere(corpus, tmp_path):
