@@ -527,8 +527,8 @@ def cmd_search_query(args):
 
     def hit(rank, i, score):
         record = passages[i]
-        return {"rank": rank, "index": i, "score": score, "text": record[field or "text"]} | (
-            {"record": record} if field else {})
+        found = {"rank": rank, "index": i, "score": score, "text": record[field or "text"]}
+        return {**found, "record": record} if field else found
     results = [{"query": q, "results": [hit(r + 1, int(i), float(s)) for r, (i, s) in enumerate(zip(row_i, row_s))]}
                for q, row_i, row_s in zip(queries, indices, scores)]
     if args.json:
