@@ -13,13 +13,17 @@ from . import bert
 from .blas import use_one_blas_thread
 from .checkpoint import load_config, load_prompts, load_sentence_transformers_head, load_weights
 from .hub import resolve
-from .tokenizer import encode_batch, load_tokenizer, model_max_length, pad, tokenize
+from .tokenizer import encode_batch, load_tokenizer, model_max_length, not_unicode, overflowing, pad, tokenize
 
 # Prefix conventions, as data. E5 models were trained with these; other models get none unless their
 # config_sentence_transformers.json declares prompts or load(prefixes=...) says so.
 E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
 E5_NAME = re.compile(r"(^|[^a-z0-9])e5([^a-z0-9]|$)")  # intfloat/e5-small, multilingual-e5-base, ...
 DTYPES = {"float32": np.float32, "float64": np.float64}
+# Texts encode() tokenizes at a time. A tokenized text costs ~230 bytes a token (ids, offsets, token strings),
+# so 100,000 texts of ~110 tokens took 2.6 GB at once, and a million would not fit this 24 GB machine; 4,096
+# texts are at most 0.5 GB, and seconds to minutes of embedding: the seams between windows cost no measurable speed.
+ENCODE_WINDOW = 4096
 
 
 class TruncationWarning(UserWarning):
@@ -192,23 +196,36 @@ class Model:
         threads = self.threads if threads is None else check_positive_int("threads", threads)
         normalize = self.normalize if normalize is None else check_flag("normalize", normalize)
 
-        vectors = self._embed_encodings(encode_batch(self.tokenizer, texts), batch_size, normalize, truncation,
-                                        threads)
+        if error := not_unicode(texts, range(len(texts))):            # found before any work, not hours into it
+            raise error
+        if truncation == "error" and (too_long := self._too_long(texts)):
+            raise ValueError(self._truncation_message(too_long, len(texts)))
+        vectors, truncated = np.empty((len(texts), self.dim), dtype=self.dtype), []
+        for start, encodings in self._tokenized_windows(texts):
+            truncated += overflowing(encodings, start)
+            vectors[start:start + len(encodings)] = self._embed_encodings(encodings, batch_size, normalize, threads)
+        if truncated and truncation == "warn":
+            warnings.warn(self._truncation_message(truncated, len(texts)), TruncationWarning, stacklevel=2)
         return vectors[0] if single else vectors
 
-    def _embed_encodings(self, encodings, batch_size, normalize, truncation, threads, workers=None):
+    def _tokenized_windows(self, texts):
+        """(start, encodings of texts[start:start + ENCODE_WINDOW]) for each window: bounded memory."""
+        for start in range(0, len(texts), ENCODE_WINDOW):
+            yield start, encode_batch(self.tokenizer, texts[start:start + ENCODE_WINDOW])
+
+    def _too_long(self, texts):
+        """Indices of the texts longer than max_length tokens (tokenizing them all once, without embedding)."""
+        return [i for start, encodings in self._tokenized_windows(texts) for i in overflowing(encodings, start)]
+
+    def _truncation_message(self, truncated, n):
+        return (f"{len(truncated)} of {n} text(s) exceed max_length={self.max_length} tokens and were truncated: "
+                f"indices {truncated[:10]}{' ...' if len(truncated) > 10 else ''}")
+
+    def _embed_encodings(self, encodings, batch_size, normalize, threads, workers=None):
         """Already-tokenized texts -> [n, H]: the part of encode() after tokenizing (the server reuses it).
 
         workers: an executor of `threads` threads (each with one BLAS thread) to run the batches on, shared
         by callers so that their batches queue for the same cores; by default this call makes its own."""
-        truncated = [i for i, e in enumerate(encodings) if e.overflowing]
-        if truncated and truncation != "ignore":
-            message = (f"{len(truncated)} of {len(encodings)} text(s) exceed max_length={self.max_length} tokens and "
-                       f"were truncated: indices {truncated[:10]}{' ...' if len(truncated) > 10 else ''}")
-            if truncation == "error":
-                raise ValueError(message)
-            warnings.warn(message, TruncationWarning, stacklevel=3)  # the caller of encode()
-
         def embed(rows):
             batch = pad([encodings[i] for i in rows], pad_id=self.config.pad_token_id)
             hidden, _, _ = self._run(batch)

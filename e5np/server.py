@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from .blas import use_one_blas_thread
-from .tokenizer import encode_batch, lone_surrogate
+from .tokenizer import encode_batch, lone_surrogate, overflowing
 
 
 class RequestError(Exception):
@@ -61,13 +61,13 @@ def parse_request(body, max_inputs):
 
 def embeddings_response(model, texts, encoding, model_name, workers, truncation="ignore"):
     encodings = encode_batch(model.tokenizer, texts)  # once: for the vectors and the usage count
-    too_long = [i for i, e in enumerate(encodings) if e.overflowing]
+    too_long = overflowing(encodings)
     if too_long and truncation == "error":                             # as OpenAI's API refuses over-long input
         raise RequestError(400, f"'input[{too_long[0]}]' is longer than the model's limit of {model.max_length} "
                                 f"tokens ({len(too_long)} input(s) are); shorten it, or start the server with "
                                 "--truncation ignore to embed its first tokens", param="input")
-    vectors = model._embed_encodings(encodings, batch_size=32, normalize=model.normalize, truncation="ignore",
-                                     threads=model.threads, workers=workers)     # [n, H] float32
+    vectors = model._embed_encodings(encodings, batch_size=32, normalize=model.normalize, threads=model.threads,
+                                     workers=workers)                            # [n, H] float32
     tokens = sum(len(e.ids) for e in encodings)
     data = []
     for i, vector in enumerate(vectors):

@@ -161,6 +161,11 @@ def encode_batch(tokenizer, texts):
     return encodings
 
 
+def overflowing(encodings, start=0):
+    """Indices, counted from start, of the encodings that were truncated at max_length."""
+    return [start + i for i, e in enumerate(encodings) if e.overflowing]
+
+
 def encode_prefix(tokenizer, text, chars, first):
     """The truncated encoding of a long text, from a prefix of it: tokenizers work through the whole text before
     truncating (a 20 MB text took 17 s and 2.9 GB), though only the first max_length tokens are kept.

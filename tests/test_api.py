@@ -153,6 +153,40 @@ def test_truncation_is_reported(minilm):
     assert batch.lengths.tolist()[1] == 512
 
 
+def test_many_texts_are_tokenized_a_window_at_a_time(minilm, monkeypatch):
+    """encode() tokenizes ENCODE_WINDOW texts at a time (a million at once would not fit in memory): the vectors,
+    the truncation warning's indices, and the errors for over-long and bad texts are those of one window, and both
+    errors come before anything is embedded."""
+    texts = [f"text number {i}" for i in range(23)]
+    texts[5], texts[17] = LONG_TEXT, LONG_TEXT + " more"
+    whole = minilm.encode(texts, truncation="ignore")
+    tokenized, embedded = [], []
+    encode_batch, embed_encodings = e5np.model.encode_batch, minilm._embed_encodings
+
+    def tokenize_counted(tokenizer, window):
+        tokenized.append(len(window))
+        return encode_batch(tokenizer, window)
+
+    def embed_counted(encodings, *args):
+        embedded.append(len(encodings))
+        return embed_encodings(encodings, *args)
+    monkeypatch.setattr(e5np.model, "ENCODE_WINDOW", 4)
+    monkeypatch.setattr(e5np.model, "encode_batch", tokenize_counted)
+    monkeypatch.setattr(minilm, "_embed_encodings", embed_counted)
+
+    with pytest.warns(e5np.TruncationWarning, match=r"2 of 23 text\(s\) exceed max_length=512 tokens.*\[5, 17\]"):
+        windowed = minilm.encode(texts)
+    assert tokenized == embedded == [4, 4, 4, 4, 4, 3]
+    assert_same_vectors(windowed, whole)
+
+    embedded.clear()
+    with pytest.raises(ValueError, match=r"indices \[5, 17\]"):
+        minilm.encode(texts, truncation="error")
+    with pytest.raises(ValueError, match=r"texts\[21\] is not valid Unicode"):
+        minilm.encode(texts[:21] + ["bad \ud800"] + texts[22:])
+    assert embedded == []
+
+
 def test_truncation_keeps_the_first_max_length_tokens(minilm):
     """A truncated text embeds as its first 511 tokens + [SEP]: text beyond 512 tokens has no effect."""
     a = minilm.encode(LONG_TEXT, truncation="ignore")
