@@ -151,7 +151,8 @@ def encode_batch(tokenizer, texts):
     if error := not_unicode(texts, sorted(long)):                     # past the prefix, tokenizers would not see it
         raise error
     try:
-        encodings = tokenizer.encode_batch([text[:chars] if i in long else text for i, text in enumerate(texts)])
+        encodings = tokenizer.encode_batch([text[:prefix_end(text, chars) or chars] if i in long else text
+                                            for i, text in enumerate(texts)])
     except TypeError:                                                  # tokenizers' only word for it
         if error := not_unicode(texts, range(len(texts))):
             raise error from None
@@ -166,22 +167,33 @@ def overflowing(encodings, start=0):
     return [start + i for i, e in enumerate(encodings) if e.overflowing]
 
 
+def prefix_end(text, chars):
+    """Where to cut text within its first `chars` characters: at its last space there, so that every word before
+    the cut is whole; None when there is no space to cut at."""
+    end = text.rfind(" ", 0, chars)
+    return end if end > 0 else None
+
+
 def encode_prefix(tokenizer, text, chars, first):
     """The truncated encoding of a long text, from a prefix of it: tokenizers work through the whole text before
     truncating (a 20 MB text took 17 s and 2.9 GB), though only the first max_length tokens are kept.
 
-    Tokenizing is local (normalizing characters, splitting words, then each word on its own), so cutting a text
-    changes its tokens near the cut only. When the first `chars` characters and the first 2 * chars both give
-    more tokens than the model takes and keep the same ones, the first cut changed none of those, and the
-    second, `chars` characters further on, reaches back less far than that in any tokenizer we know: the whole
-    text keeps them too (tests/test_long_texts.py checks it on random text). Otherwise the prefix doubles, and a
-    text that never passes is tokenized whole. `first` is the encoding of text[:chars], already made.
+    Tokenizers split a text into words at spaces (and maybe more) and tokenize each word on its own, so the tokens
+    of the words before a cut at a space do not depend on what follows it. Not so for a cut inside a word: a
+    SentencePiece (Unigram) model segments a word as a whole, and "x" * 511 starts with another piece than
+    "x" * 512 does. So the prefixes end before a space: the last one in the first `chars` characters, and in the
+    first 2 * chars. When both prefixes give more tokens than the model takes, and the same ones, those are the
+    whole text's (tests/test_long_texts.py checks it on random text); otherwise the prefixes double, and a text
+    that never passes (no space for the cuts) is tokenized whole. `first` is the encoding of the first prefix
+    (of text[:chars] if it has no space), already made.
     """
+    end = prefix_end(text, chars)
     while 2 * chars < len(text):
-        second = tokenizer.encode(text[:2 * chars])
-        if first.overflowing and second.overflowing and first.ids == second.ids:
+        next_end = prefix_end(text, 2 * chars)                         # >= end: the cuts move forward
+        second = tokenizer.encode(text[:next_end or 2 * chars])
+        if end and next_end > end and first.overflowing and second.overflowing and first.ids == second.ids:
             return first
-        first, chars = second, 2 * chars
+        first, end, chars = second, next_end, 2 * chars
     return tokenizer.encode(text)
 
 

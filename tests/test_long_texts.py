@@ -51,6 +51,8 @@ def test_prefix_tokenizing_gives_the_whole_texts_tokens(tokenizer, text):
     "\u200b" * 5000 + "word " * 200,                      # the first prefixes hold no tokens: the prefix grows
     "x" * 10_000,                                          # one word: [UNK] in WordPiece whatever its length
     "東" * 3000,
+    "a " + "x" * 511 + " the" * 300,                       # SentencePiece segments a word whole: no cut inside one
+    "a " + "x" * 4000 + " the" * 300,
     "word " * 2000 + "\ud800",                             # a lone surrogate past every prefix is still refused
 ])
 def test_prefix_edge_cases(tokenizer, text):
