@@ -280,6 +280,7 @@ def nest(tensors, config):
 
 # --- sentence-transformers layout ----------------------------------------------------------------
 ST_MODULES = "modules.json"
+ST_PROMPTS_FILE = "config_sentence_transformers.json"
 ST_POOLING_MODES = {  # 1_Pooling/config.json flag -> e5np.bert.POOLINGS key
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_cls_token": "cls",
@@ -328,7 +329,7 @@ def _read_pooling(path):
 
 def load_prompts(directory):
     """Query/passage prompts declared in config_sentence_transformers.json, if any."""
-    path = Path(directory) / "config_sentence_transformers.json"
+    path = Path(directory) / ST_PROMPTS_FILE
     prompts = read_json(path).get("prompts") if path.is_file() else None
     if not isinstance(prompts, dict):
         return {}

@@ -7,7 +7,8 @@ from pathlib import Path
 # Only what e5np reads; a hub repo also holds pytorch_model.bin, ONNX exports and more that we never fetch.
 NEEDED_FILES = [
     "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-    "special_tokens_map.json", "modules.json", "1_Pooling/config.json",
+    "special_tokens_map.json", "modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
+    "config_sentence_transformers.json",
 ]
 
 

@@ -272,8 +272,8 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
     """Load a BERT-family checkpoint from a local directory or a Hugging Face hub id.
 
     dtype "float64" runs the whole forward pass in double precision: slower, the ground truth that
-    float32 engines are measured against. max_length defaults to the tokenizer's model_max_length,
-    capped by the model's position embeddings (512 for e5-small).
+    float32 engines are measured against. max_length defaults to a sentence-transformers checkpoint's
+    max_seq_length, else the tokenizer's model_max_length, capped by the position embeddings (512 for e5-small).
     pooling ("mean", "cls", "max", "mean_sqrt_len") and normalize default to the checkpoint's
     sentence-transformers modules.json, else E5's mean + L2. prefixes ({"query": ..., "passage": ...})
     default to the checkpoint's declared prompts, else E5's for E5 models, else none.

@@ -10,6 +10,7 @@ from .checkpoint import CheckpointError, read_json
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+ST_CONFIG_FILE = "sentence_bert_config.json"
 # transformers' placeholder for "no limit" in tokenizer_config.json; anything this large means unset
 UNSET_MAX_LENGTH = 10**12
 
@@ -29,14 +30,15 @@ class TokenBatch:
 
 
 def model_max_length(directory, max_position_embeddings):
-    """The longest input the model takes: tokenizer_config's model_max_length, capped by the positions."""
-    path = Path(directory) / TOKENIZER_CONFIG_FILE
-    limit = max_position_embeddings
-    if path.is_file():
-        declared = read_json(path).get("model_max_length")
+    """The longest input the model takes, capped by its positions: a sentence-transformers checkpoint's
+    max_seq_length, what sentence-transformers truncates at (256 for all-MiniLM-L6-v2, whose tokenizer_config.json
+    says 512), else tokenizer_config.json's model_max_length."""
+    for name, key in ((ST_CONFIG_FILE, "max_seq_length"), (TOKENIZER_CONFIG_FILE, "model_max_length")):
+        path = Path(directory) / name
+        declared = read_json(path).get(key) if path.is_file() else None
         if isinstance(declared, int) and 0 < declared < UNSET_MAX_LENGTH:
-            limit = min(limit, declared)
-    return limit
+            return min(declared, max_position_embeddings)
+    return max_position_embeddings
 
 
 def build_wordpiece(directory):

@@ -140,7 +140,7 @@ def test_threads_do_not_change_vectors(minilm):
 
 def test_truncation_is_reported(minilm):
     texts = ["short", LONG_TEXT, "also short", LONG_TEXT + " more"]
-    with pytest.warns(e5np.TruncationWarning, match=r"2 of 4 text\(s\) exceed max_length=512 tokens.*\[1, 3\]"):
+    with pytest.warns(e5np.TruncationWarning, match=r"2 of 4 text\(s\) exceed max_length=256 tokens.*\[1, 3\]"):
         minilm.encode(texts)
     with pytest.raises(ValueError, match=r"indices \[1, 3\]"):
         minilm.encode(texts, truncation="error")
@@ -150,7 +150,7 @@ def test_truncation_is_reported(minilm):
         minilm.encode(["short"])
     batch = minilm.tokenize(texts)
     assert batch.truncated.tolist() == [False, True, False, True]
-    assert batch.lengths.tolist()[1] == 512
+    assert batch.lengths.tolist()[1] == minilm.max_length == 256    # its sentence_bert_config.json's
 
 
 def test_many_texts_are_tokenized_a_window_at_a_time(minilm, monkeypatch):
@@ -174,7 +174,7 @@ def test_many_texts_are_tokenized_a_window_at_a_time(minilm, monkeypatch):
     monkeypatch.setattr(e5np.model, "encode_batch", tokenize_counted)
     monkeypatch.setattr(minilm, "_embed_encodings", embed_counted)
 
-    with pytest.warns(e5np.TruncationWarning, match=r"2 of 23 text\(s\) exceed max_length=512 tokens.*\[5, 17\]"):
+    with pytest.warns(e5np.TruncationWarning, match=r"2 of 23 text\(s\) exceed max_length=256 tokens.*\[5, 17\]"):
         windowed = minilm.encode(texts)
     assert tokenized == embedded == [4, 4, 4, 4, 4, 3]
     assert_same_vectors(windowed, whole)
@@ -188,7 +188,7 @@ def test_many_texts_are_tokenized_a_window_at_a_time(minilm, monkeypatch):
 
 
 def test_truncation_keeps_the_first_max_length_tokens(minilm):
-    """A truncated text embeds as its first 511 tokens + [SEP]: text beyond 512 tokens has no effect."""
+    """A truncated text embeds as its first 255 tokens + [SEP]: text beyond 256 tokens has no effect."""
     a = minilm.encode(LONG_TEXT, truncation="ignore")
     b = minilm.encode(LONG_TEXT + " completely different ending about volcanoes", truncation="ignore")
     assert np.abs(a - b).max() <= 1e-6

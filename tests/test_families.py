@@ -130,3 +130,30 @@ def test_pooling_modes_against_live_sentence_transformers(checkpoint_dirs, tmp_p
     texts = ["query: hello world", "a", "the cat sat on the mat " * 3]
     want = SentenceTransformer(str(directory), device="cpu").encode(texts, convert_to_numpy=True)
     assert close(e5np.load(directory).encode(texts), want)
+
+
+def test_max_length_is_a_sentence_transformers_checkpoints_max_seq_length(checkpoint_dirs, tmp_path):
+    """sentence-transformers truncates at sentence_bert_config.json's max_seq_length (256 for all-MiniLM-L6-v2,
+    whose tokenizer_config.json says 512); e5np took the tokenizer's 512, and its vectors of longer texts
+    differed from sentence-transformers' by up to 0.08."""
+    assert e5np.load(checkpoint_dirs["minilm"]).max_length == 256
+    directory = tmp_path / "model"
+    shutil.copytree(checkpoint_dirs["tiny"], directory)
+    settings = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 100}))
+    assert e5np.load(directory).max_length == 100                      # tokenizer_config.json's model_max_length
+    for declared, expected in [(64, 64), (10_000, 128), (None, 100)]:  # capped by the 128 positions; null: unset
+        (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": declared}))
+        assert e5np.load(directory).max_length == expected
+    assert e5np.load(directory, max_length=90).max_length == 90
+
+
+@pytest.mark.live
+def test_long_texts_against_live_sentence_transformers(checkpoint_dirs):
+    """all-MiniLM-L6-v2's real weights through sentence-transformers itself, texts past its 256 tokens included."""
+    SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
+    from tests.corpus import LONG_TEXT, PARITY_TEXTS
+
+    texts = PARITY_TEXTS + [LONG_TEXT, " ".join(f"word{i} is here" for i in range(200))]
+    want = SentenceTransformer(str(checkpoint_dirs["minilm"]), device="cpu").encode(texts, convert_to_numpy=True)
+    assert close(e5np.load(checkpoint_dirs["minilm"]).encode(texts, truncation="ignore"), want)

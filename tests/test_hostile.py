@@ -47,7 +47,7 @@ def test_every_hostile_corpus_text_is_finite_and_unit(minilm):
 
 def test_huge_text_is_truncated_not_choked_on(minilm):
     batch = minilm.tokenize([HUGE_TEXT])
-    assert len(HUGE_TEXT) == 100_000 and batch.lengths.tolist() == [512] and batch.truncated.all()
+    assert len(HUGE_TEXT) == 100_000 and batch.lengths.tolist() == [minilm.max_length] and batch.truncated.all()
 
 
 def test_concurrent_encode_equals_serial(minilm):
@@ -80,6 +80,6 @@ def test_random_unicode_matches_transformers(load_model, checkpoint_dirs, texts)
     from e5np.parity import transformers_forward
 
     model = load_model("minilm")
-    ref = transformers_forward(checkpoint_dirs["minilm"], texts, max_length=512)
+    ref = transformers_forward(checkpoint_dirs["minilm"], texts, max_length=model.max_length)
     np.testing.assert_array_equal(model.tokenize(texts).input_ids, ref.input_ids)
     assert np.abs(model.encode(texts, truncation="ignore") - ref.embeddings).max() <= 1e-6

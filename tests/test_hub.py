@@ -100,3 +100,14 @@ def test_invalid_hub_id():
     for name in ("not a//valid id!", "./relative/dir", "a/b/c", "-leading-dash"):
         with pytest.raises(e5np.ModelNotFoundError, match="no such directory, and not a hub id"):
             e5np.load(name)
+
+
+def test_every_file_e5np_reads_is_downloaded():
+    """A hub model is fetched with allow_patterns=NEEDED_FILES: a file missing there is silently never read (the
+    prompts of config_sentence_transformers.json and sentence_bert_config.json's max_seq_length were not)."""
+    from e5np import checkpoint, hub, tokenizer
+
+    read = {checkpoint.WEIGHTS_FILE, checkpoint.CONFIG_FILE, checkpoint.ST_MODULES, checkpoint.ST_PROMPTS_FILE,
+            "1_Pooling/config.json", tokenizer.TOKENIZER_FILE, tokenizer.VOCAB_FILE, tokenizer.TOKENIZER_CONFIG_FILE,
+            tokenizer.ST_CONFIG_FILE}
+    assert read <= set(hub.NEEDED_FILES)

@@ -247,7 +247,7 @@ def test_preset_padding_in_tokenizer_json_is_overridden(minilm, checkpoint_dirs)
     assert preset["padding"]["strategy"] == {"Fixed": 128} and preset["truncation"]["max_length"] == 128
     batch = minilm.tokenize(["hello", "hello world again"])
     assert batch.input_ids.shape == (2, 5) and batch.lengths.tolist() == [3, 5]
-    assert minilm.max_length == 512
+    assert minilm.max_length == 256                                    # its sentence_bert_config.json's, not 128
 
 
 def test_corrupt_tokenizer_json(ckpt):

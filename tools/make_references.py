@@ -1,8 +1,9 @@
 """Write the golden reference vectors the default (torch-free) test tier compares against.
 
 For each test checkpoint (see tests/checkpoints.py) this runs Hugging Face transformers - BertModel
-with eager attention, fp32, max_length=512 (the model's limit), padding=True, truncation=True - then
-E5's average_pool and F.normalize, and saves tests/references/<name>.npz with:
+with eager attention, fp32, max_length the model's limit (512; 256 for all-MiniLM-L6-v2, its
+sentence_bert_config.json's max_seq_length, where sentence-transformers truncates), padding=True,
+truncation=True - then E5's average_pool and F.normalize, and saves tests/references/<name>.npz with:
 
   texts             the input texts (UTF-8 JSON)
   input_ids         [n, T] the token ids transformers' tokenizer produced (0-padded)
@@ -105,7 +106,7 @@ def main():
             if name == "tiny":
                 directory, max_length = TINY_DIR, 128
             elif name == "minilm":
-                directory, max_length = minilm_dir(), 512
+                directory, max_length = minilm_dir(), 256        # sentence_bert_config.json's max_seq_length
             elif name == "e5-shaped":
                 directory, digest = make_e5_shaped(Path(tmp) / "e5-shaped")
                 max_length, extra = 512, {"weights_sha256": digest}

@@ -22,7 +22,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         checkpoints = [
             ("e5-small-shaped (12 layers, random weights)", make_e5_shaped(Path(tmp) / "e5")[0]),
-            ("all-MiniLM-L6-v2 (real weights)", minilm_dir()),
+            ("all-MiniLM-L6-v2 (real weights, truncated at 256 tokens)", minilm_dir()),
             ("tiny random BERT (2 layers, hidden 32)", TINY_DIR),
             ("bert-wide (3 layers, hidden 48, eps 1e-7)", FIXTURES / "bert-wide"),
             ("xlmr (XLM-RoBERTa, 2 layers)", FIXTURES / "xlmr"),
