@@ -98,7 +98,29 @@ def load_tokenizer(directory, max_length):
     # transformers overrides both per call, and so do we.
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
+    st_config = Path(directory) / ST_CONFIG_FILE
+    if st_config.is_file() and read_json(st_config).get("do_lower_case") is True:
+        return LowercasingTokenizer(tokenizer)
     return tokenizer
+
+
+class LowercasingTokenizer:
+    """A tokenizers.Tokenizer that lowercases each text first, with Python's str.lower, as sentence-transformers
+    does for a checkpoint whose sentence_bert_config.json sets do_lower_case (a cased vocabulary then sees only
+    lowercase text). tokenizers' own Lowercase normalizer maps character by character, and so differs on a
+    word-final capital sigma."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def encode(self, text):
+        return self.tokenizer.encode(text.lower())
+
+    def encode_batch(self, texts):
+        return self.tokenizer.encode_batch([text.lower() for text in texts])
+
+    def __getattr__(self, name):                                       # truncation, token_to_id, ...
+        return getattr(self.tokenizer, name)
 
 
 def pad(encodings, pad_id=0):

@@ -157,3 +157,40 @@ def test_long_texts_against_live_sentence_transformers(checkpoint_dirs):
     texts = PARITY_TEXTS + [LONG_TEXT, " ".join(f"word{i} is here" for i in range(200))]
     want = SentenceTransformer(str(checkpoint_dirs["minilm"]), device="cpu").encode(texts, convert_to_numpy=True)
     assert close(e5np.load(checkpoint_dirs["minilm"]).encode(texts, truncation="ignore"), want)
+
+
+def lowercasing_xlmr(checkpoint_dirs, directory):
+    """The cased XLM-R fixture in sentence-transformers' layout, its sentence_bert_config.json setting do_lower_case."""
+    shutil.copytree(checkpoint_dirs["xlmr"], directory)
+    (directory / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (directory / "1_Pooling").mkdir()
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                                      "pooling_mode_mean_tokens": True}))
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": True}))
+    return directory
+
+
+LOWERCASE_TEXTS = ["Hello World", "ΟΔΥΣΣΕΥΣ sailed HOME", "İstanbul", "ǅ Title Case", "already lower"]
+
+
+def test_do_lower_case_lowercases_texts_as_sentence_transformers_does(checkpoint_dirs, tmp_path):
+    lowering = e5np.load(lowercasing_xlmr(checkpoint_dirs, tmp_path / "model"))
+    plain = e5np.load(checkpoint_dirs["xlmr"], pooling="mean", normalize=False, max_length=64)
+    lowered = [text.lower() for text in LOWERCASE_TEXTS]                 # Python's: a final sigma becomes ς
+    assert lowering.tokenize(LOWERCASE_TEXTS).tokens == plain.tokenize(lowered).tokens
+    np.testing.assert_array_equal(lowering.encode(LOWERCASE_TEXTS), plain.encode(lowered))
+    assert not np.allclose(plain.encode(LOWERCASE_TEXTS[:1]), plain.encode(lowered[:1]))   # the vocabulary is cased
+
+
+@pytest.mark.live
+def test_do_lower_case_against_live_sentence_transformers(checkpoint_dirs, tmp_path):
+    SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
+    from e5np.parity import parity_report
+
+    directory = lowercasing_xlmr(checkpoint_dirs, tmp_path / "model")
+    want = SentenceTransformer(str(directory), device="cpu").encode(LOWERCASE_TEXTS, convert_to_numpy=True)
+    assert close(e5np.load(directory).encode(LOWERCASE_TEXTS), want)
+    layers = [row for row in parity_report(directory, LOWERCASE_TEXTS, 64)["rows"] if row["stage"].startswith("layer")]
+    assert max(row["max_abs"] for row in layers) <= 1e-5              # transformers given the texts lowercased too
