@@ -66,7 +66,7 @@ def text_records(texts):
 
 def json_field(path, field=None):
     """The field holding the text when path holds JSON lines (.jsonl, or --field given), else None: plain text."""
-    return field or "text" if field is not None or str(path).endswith(".jsonl") else None
+    return (field or "text") if field is not None or str(path).endswith(".jsonl") else None
 
 
 def iter_records(path, field=None):
