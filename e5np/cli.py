@@ -269,10 +269,11 @@ class IndexWriter(EmbeddingWriter):
 
     def __init__(self, directory, model_name, dim, resume_command, weights=None, field=None, build_start=None,
                  append=False):
-        self.directory, self.model_name, self.resume_command = Path(directory), model_name, resume_command
-        self.weights, self.field = weights, field
+        self.directory, self.resume_command = Path(directory), resume_command
         super().__init__(str(self.directory / VECTORS), dim, append=append)
         self.build_start = self.rows if build_start is None else build_start   # the first row of this corpus
+        self.meta = {"model": model_name, "dim": dim, "rows": self.rows, "complete": False, "field": field,
+                     "build_start": self.build_start, "weights": weights}  # index.json: see search.write_meta
         self.passages = self._open(self.directory / PASSAGES, "r+b" if append else "wb")
         for number in range(1, self.rows + 1):                        # keep the committed passages, drop the rest
             if not self.passages.readline().endswith(b"\n"):
@@ -283,8 +284,7 @@ class IndexWriter(EmbeddingWriter):
 
     def _write_meta(self, complete):
         try:
-            write_meta(self.directory, self.model_name, self.dim, self.rows, complete, self.weights, self.field,
-                       self.build_start)
+            write_meta(self.directory, {**self.meta, "rows": self.rows, "complete": complete})
         except OSError as e:
             raise CliError(f"cannot write {self.directory / META}: {e.strerror}") from None
 

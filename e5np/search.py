@@ -62,13 +62,12 @@ def weights_identity(model_directory, known=None):
     return {"sha256": digest.hexdigest(), "size": status.st_size, "mtime_ns": status.st_mtime_ns}
 
 
-def write_meta(directory, model_name, dim, rows, complete, weights=None, field=None, build_start=0):
-    """index.json: the model, its dimension, the rows, whether the build finished (see `e5np search build`), the
-    field of the passages' records that holds the text when the corpus was JSON lines (null for plain text), the
-    row where the last build's corpus begins (after the passages it was appended to; what --resume compares
-    its corpus with), and the identity of the weights that made the vectors (see weights_identity)."""
-    meta = {"model": model_name, "dim": dim, "rows": rows, "complete": complete, "field": field,
-            "build_start": build_start, "weights": weights}
+def write_meta(directory, meta):
+    """index.json, written whole or not at all. `e5np search build` keeps in it: the model, its dimension (dim),
+    the rows, whether the build finished (complete), the field of the passages' records that holds the text when
+    the corpus was JSON lines (field; null for plain text), the row where the last build's corpus begins
+    (build_start: after the passages it was appended to; what --resume compares its corpus with), and the identity
+    of the weights that made the vectors (weights; see weights_identity)."""
     spare = Path(directory) / (META + ".new")
     spare.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(spare, Path(directory) / META)                          # whole or not at all, even if killed
