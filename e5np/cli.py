@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .search import (META, PASSAGES, VECTORS, load_index, passage_lines, passages_at, read_meta, top_k,
-                     weights_identity, write_meta)
+from .search import (META, PASSAGES, REBUILD, VECTORS, load_index, passage_lines, passages_at, read_meta,
+                     replace_index, top_k, unfinished_rebuild, weights_identity, write_meta)
 from .tokenizer import lone_surrogate
 
 DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
@@ -265,11 +265,12 @@ class EmbeddingWriter:
 class IndexWriter(EmbeddingWriter):
     """A search index directory (see e5np.search) written as it grows: each chunk's passages, then its vectors,
     whose .npy header is the commit point. After Ctrl-C, an error or even a kill the directory is an index of
-    the passages committed so far, marked unfinished, which `e5np search build --resume` continues."""
+    the passages committed so far, marked unfinished, which `e5np search build --resume` continues.
+    `replacing`: the index whose .rebuild folder `directory` is (named in what kept() says)."""
 
     def __init__(self, directory, model_name, dim, resume_command, weights=None, field=None, build_start=None,
-                 append=False):
-        self.directory, self.resume_command = Path(directory), resume_command
+                 append=False, replacing=None):
+        self.directory, self.resume_command, self.replacing = Path(directory), resume_command, replacing
         super().__init__(str(self.directory / VECTORS), dim, append=append)
         self.build_start = self.rows if build_start is None else build_start   # the first row of this corpus
         self.meta = {"model": model_name, "dim": dim, "rows": self.rows, "complete": False, "field": field,
@@ -299,6 +300,9 @@ class IndexWriter(EmbeddingWriter):
         super().write(records, vectors)                                # the vectors, then the header: the commit
 
     def kept(self):
+        if self.replacing:                                             # a rebuild, in the index's .rebuild folder
+            return (f"{self.replacing} is as it was; {self.directory} holds its unfinished rebuild, the first "
+                    f"{self.rows} passages; {self.resume_command} continues it")
         return (f"{self.directory} holds an unfinished index of the first {self.rows} passages; "
                 f"{self.resume_command} continues it")
 
@@ -382,17 +386,10 @@ def cmd_search_build(args):
     if out.is_dir():                                                   # first: a build running there is unfinished
         lock_index(out)
     resume_command = f"`e5np search build --resume {shlex.quote(args.corpus)} {shlex.quote(args.index)}`"
-    try:
-        meta = read_meta(out) if (out / META).is_file() else None
-    except ValueError as e:
-        raise CliError(str(e)) from None
     if args.model and os.path.isdir(os.path.expanduser(args.model)):   # stored for `search query` run from anywhere
         args.model = os.path.abspath(os.path.expanduser(args.model))
     continuing = args.resume or args.append                            # after the passages INDEX holds
-    if continuing:
-        check_continuable(args, out, meta)
-    elif meta is not None and not meta.get("complete", True):
-        raise CliError(f"{out} holds an unfinished build: {resume_command} continues it; delete {out} to start over")
+    where, meta, replacing = build_target(args, out, resume_command)
     args.model = args.model or DEFAULT_MODEL
     texts = iter_records(args.corpus, args.field)                      # a corpus that cannot be read stops it here
     if not args.resume:                    # so does a bad line in its first chunk: INDEX is changed only after it
@@ -401,29 +398,63 @@ def cmd_search_build(args):
     model = load_model(args)
     weights = weights_identity(model.directory, meta.get("weights") if continuing else None)
     if continuing:
-        check_same_model(args, out, meta, model.dim, weights)
+        check_same_model(args, where, meta, model.dim, weights)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        where.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CliError(f"cannot make {out}: {e.strerror}") from None
+        raise CliError(f"cannot make {where}: {e.strerror}") from None
     lock_index(out)
     field = json_field(args.corpus, args.field)
     if continuing and "field" not in meta:                             # begun by an e5np that stored texts, not records
         field, texts = None, ((text, {"text": text}) for text, _ in texts)
     build_start = meta.get("build_start", 0) if args.resume else None  # where this corpus's passages begin
-    writer = IndexWriter(out, args.model, model.dim, resume_command, weights, field, build_start, append=continuing)
+    writer = IndexWriter(where, args.model, model.dim, resume_command, weights, field, build_start, append=continuing,
+                         replacing=out if replacing else None)
     if args.resume:
         try:
-            skip_indexed(texts, passage_lines(out, writer.rows, writer.build_start), args.corpus, out,
+            skip_indexed(texts, passage_lines(where, writer.rows, writer.build_start), args.corpus, where,
                          writer.build_start)
         except (CliError, KeyboardInterrupt):
             with contextlib.suppress(CliError):
                 writer.close(complete=False)
             raise
     embed_stream(model.encode_passages, texts, writer, args)
+    if replacing:
+        try:
+            replace_index(where, out)
+        except OSError as e:
+            raise CliError(f"cannot move the new index from {where} into {out}: {e.strerror}") from None
     added = f"added {writer.rows - writer.build_start} passages to {out} ({writer.rows} in all)"
-    print(f"e5np: {added if writer.build_start else f'indexed {writer.rows} passages in {out}'}", file=sys.stderr)
+    indexed = f"indexed {writer.rows} passages in {out}" + (", replacing the index it held" if replacing else "")
+    print(f"e5np: {added if writer.build_start else indexed}", file=sys.stderr)
     return 0
+
+
+def build_target(args, out, resume_command):
+    """(where, meta, replacing): the directory this build writes, the index.json it continues (None unless
+    --resume or --append), and whether it rebuilds a complete index, in INDEX/.rebuild. CliError if the build
+    would throw away unfinished work, or cannot continue what INDEX holds."""
+    try:
+        meta = read_meta(out) if (out / META).is_file() else None
+        rebuild = unfinished_rebuild(out)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    staged = out / REBUILD
+    if rebuild is not None and args.resume:
+        check_continuable(args, staged, rebuild)
+        return staged, rebuild, True
+    if rebuild is not None:
+        raise CliError(f"{out} has an unfinished rebuild in {staged}: " + (
+            f"finish it first (`e5np search build --resume CORPUS {out}` with the corpus it was begun with), or "
+            f"delete {staged}" if args.append else f"{resume_command} continues it; delete {staged} to start over"))
+    if args.resume or args.append:
+        check_continuable(args, out, meta)
+        return out, meta, False
+    if meta is not None and not meta.get("complete", True):
+        raise CliError(f"{out} holds an unfinished build: {resume_command} continues it; delete {out} to start over")
+    if meta is not None:                                               # the old index stays whole until the new one is
+        return staged, None, True
+    return out, None, False
 
 
 def check_continuable(args, out, meta):
@@ -507,6 +538,10 @@ def cmd_search_query(args):
     if not complete:
         print(f"e5np search: {args.index} is unfinished: it holds the first {len(vectors)} passages of its corpus "
               f"(`e5np search build --resume CORPUS {shlex.quote(args.index)}` continues it)", file=sys.stderr)
+    with contextlib.suppress(ValueError):                              # a damaged rebuild is no reason not to answer
+        if unfinished_rebuild(args.index):
+            print(f"e5np search: {Path(args.index) / REBUILD} holds an unfinished rebuild of {args.index}: these "
+                  "results are from the index as it was", file=sys.stderr)
     queries = [text for text, _ in text_source(args.queries, args.input, args.field, what="queries")]
     if not queries:
         raise CliError(f"no queries: {args.input or 'stdin'} has none")
@@ -627,12 +662,13 @@ def build_parser():
     search_sub = search.add_subparsers(dest="action", required=True, metavar="ACTION")
     build = search_sub.add_parser("build", help="embed a corpus into an index directory")
     build.add_argument("corpus", help="text file (one passage per line) or .jsonl ('-' = stdin)")
-    build.add_argument("index", help="directory to write vectors.npy, passages.jsonl, index.json into")
+    build.add_argument("index", help="directory to write vectors.npy, passages.jsonl, index.json into (an index "
+                                     "already there is rebuilt in INDEX/.rebuild and replaced when that is complete)")
     continuation = build.add_mutually_exclusive_group()
     continuation.add_argument("--resume", action="store_true",
-                              help="continue an unfinished build of INDEX (stopped by Ctrl-C, an error or a kill) "
-                                   "from where it stopped, after checking that CORPUS starts with the passages it "
-                                   "holds")
+                              help="continue an unfinished build or rebuild of INDEX (stopped by Ctrl-C, an error "
+                                   "or a kill) from where it stopped, after checking that CORPUS starts with the "
+                                   "passages it holds")
     continuation.add_argument("--append", action="store_true",
                               help="add CORPUS's passages to the complete index INDEX, after the ones it holds")
     model_option(build, default=None,

@@ -5,11 +5,17 @@ row, in the same order: {"text": ...} for a corpus of plain lines, the corpus's 
 and index.json (the model, its dimension, how many rows, whether its build finished, the records' text
 field). `e5np search build` writes each chunk's passages and then its vectors, so an unfinished build
 holds at least as many passages as vectors: its index is the passages that have vectors.
+
+A build into a directory that holds a complete index writes the new index into its .rebuild folder, and moves
+those files over the old ones only when it is complete (replace_index): until then the old index is whole.
 """
 
 import hashlib
 import json
 import os
+import shutil
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +23,7 @@ import numpy as np
 from .checkpoint import WEIGHTS_FILE
 
 VECTORS, PASSAGES, META = "vectors.npy", "passages.jsonl", "index.json"
+REBUILD = ".rebuild"  # inside an index directory: the index that will replace it, while it is being built
 
 
 def top_k(vectors, queries, k, chunk_rows=None, block_scores=1 << 20):
@@ -73,6 +80,34 @@ def write_meta(directory, meta):
     os.replace(spare, Path(directory) / META)                          # whole or not at all, even if killed
 
 
+def replace_index(staged, directory):
+    """Moves a complete index's files from `staged` over those of the index in `directory`, and removes `staged`.
+
+    index.json goes last, so that an index whose vectors or passages were replaced but not its description
+    (a kill between two renames) is refused by load_index when its row counts differ. Ctrl-C waits for the
+    three renames, in the main thread.
+    """
+    staged, directory = Path(staged), Path(directory)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        for name in (VECTORS, PASSAGES, META):
+            os.replace(staged / name, directory / name)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, ctrl_c)
+    shutil.rmtree(staged)
+
+
+def unfinished_rebuild(directory):
+    """The index.json of the unfinished rebuild in directory/.rebuild, or None if there is none."""
+    staged = Path(directory) / REBUILD
+    if not (staged / META).is_file():
+        return None
+    meta = read_meta(staged)
+    return None if meta.get("complete", True) else meta
+
+
 def read_meta(directory):
     """index.json as a dict; ValueError naming it if it is not one an index build wrote."""
     path = Path(directory) / META
@@ -125,6 +160,8 @@ def load_index(directory):
     vectors = np.load(directory / VECTORS, mmap_mode="r")
     if vectors.ndim != 2 or vectors.shape[1] != meta["dim"]:
         raise ValueError(f"{directory / VECTORS} has shape {vectors.shape} but {META} says dim {meta['dim']}")
+    if meta.get("complete", True) and meta.get("rows", len(vectors)) != len(vectors):   # (unfinished: may be ahead)
+        raise ValueError(f"{directory / VECTORS} has {len(vectors)} rows but {META} says {meta['rows']}")
     return vectors, meta
 
 

@@ -5,9 +5,11 @@ and a search index that an interruption, an error or a kill leaves unfinished bu
 import fcntl
 import io
 import json
+import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -151,6 +153,67 @@ def test_killed_build_resumes(corpus, straight_build, tmp_path):
     resumed = e5np_cli("search", "build", "--resume", corpus, index, "-m", TINY_DIR, "-q")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_files(index, straight_build)
+
+
+def test_a_rebuild_leaves_the_old_index_whole_until_the_new_one_is_complete(corpus, straight_build, tmp_path):
+    """A build into a complete index writes INDEX/.rebuild: killed or stopped by an error, it leaves the old index as
+    it was (and answering queries) and a rebuild that --resume continues; complete, its files replace the old ones."""
+    index, old = tmp_path / "index", tmp_path / "old"
+    built = e5np_cli("search", "build", write_lines(tmp_path / "a.txt", TEXTS[:1000]), index, "-m", TINY_DIR, "-q")
+    assert built.returncode == 0, built.stderr
+    shutil.copytree(index, old)
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_CHUNK, "search", "build", str(corpus), str(index),
+                             "-m", str(TINY_DIR), "-q"], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 9, killed.stderr
+    assert_same_files(index, old)
+    assert len(np.load(index / ".rebuild" / "vectors.npy")) == cli_module.CHUNK
+    cut_short = e5np_cli("search", "build", "--resume", corpus, index, "-q", file_limit=FILE_LIMIT[".npy"])
+    assert cut_short.returncode == 2
+    assert cut_short.stderr.endswith(f"File too large; {index} is as it was; {index / '.rebuild'} holds its unfinished "
+                                     f"rebuild, the first 4096 passages; `e5np search build --resume {corpus} {index}` "
+                                     "continues it\n"), cut_short.stderr
+    assert_same_files(index, old)
+
+    query = e5np_cli("search", "query", index, "topic 3", "--json", "-k", "5000")
+    assert query.returncode == 0
+    assert query.stderr == (f"e5np search: {index / '.rebuild'} holds an unfinished rebuild of {index}: these results "
+                            "are from the index as it was\n")
+    assert sorted(hit["text"] for hit in json.loads(query.stdout)["results"]) == sorted(TEXTS[:1000])
+    again = e5np_cli("search", "build", corpus, index, "-m", TINY_DIR, "-q")
+    assert again.returncode == 2
+    staged = index / ".rebuild"
+    assert again.stderr == (f"e5np search: {index} has an unfinished rebuild in {staged}: `e5np search build "
+                            f"--resume {corpus} {index}` continues it; delete {staged} to start over\n")
+    append = e5np_cli("search", "build", "--append", corpus, index, "-q")
+    assert append.returncode == 2 and f"has an unfinished rebuild in {staged}: finish it first" in append.stderr
+    assert_same_files(index, old)
+
+    resumed = e5np_cli("search", "build", "--resume", corpus, index, "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr == f"e5np: indexed 5000 passages in {index}, replacing the index it held\n"
+    assert_same_files(index, straight_build)
+    assert sorted(p.name for p in index.iterdir()) == [".lock", "index.json", "passages.jsonl", "vectors.npy"]
+
+
+def test_replacing_an_index_is_not_cut_short_by_ctrl_c(tmp_path, monkeypatch):
+    """Ctrl-C between the renames would leave the new vectors beside the old passages: it waits for the three."""
+    from e5np import search
+
+    staged, index = tmp_path / "index" / ".rebuild", tmp_path / "index"
+    staged.mkdir(parents=True)
+    for name in ("vectors.npy", "passages.jsonl", "index.json"):
+        (index / name).write_text("old")
+        (staged / name).write_text("new")
+    rename = search.os.replace
+
+    def interrupted_rename(source, destination):
+        rename(source, destination)
+        os.kill(os.getpid(), signal.SIGINT)                            # Ctrl-C after each rename
+    monkeypatch.setattr(search.os, "replace", interrupted_rename)
+    search.replace_index(staged, index)
+    assert [(index / name).read_text() for name in ("vectors.npy", "passages.jsonl", "index.json")] == ["new"] * 3
+    assert not staged.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_resume_refuses_what_it_cannot_continue(corpus, straight_build, tmp_path):

@@ -187,6 +187,12 @@ def test_search_errors(tmp_path):
     passages.write_text("".join(lines[:2] + ["not json\n"] + lines[3:]))
     damaged = cli("search", "query", tmp_path / "index", "q", "-k", "5")          # every passage is a hit
     assert damaged.returncode == 2 and f"{passages}:3: not a passage line" in damaged.stderr
+    passages.write_text("".join(lines))
+
+    vectors = tmp_path / "index" / "vectors.npy"                       # another build's vectors, index.json not
+    np.save(vectors, np.concatenate([np.load(vectors)] * 2))
+    mixed = cli("search", "query", tmp_path / "index", "q")
+    assert mixed.returncode == 2 and f"{vectors} has 10 rows but index.json says 5" in mixed.stderr
 
 
 def test_similarity(tiny):
