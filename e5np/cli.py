@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .search import (META, PASSAGES, REBUILD, VECTORS, load_index, passage_lines, passages_at, read_meta,
-                     replace_index, top_k, unfinished_rebuild, weights_identity, write_meta)
+from .search import (META, PASSAGES, REBUILD, VECTORS, load_index, passage_lines, passage_recipe, passages_at,
+                     read_meta, recipe_changes, replace_index, top_k, unfinished_rebuild, weights_identity, write_meta)
 from .tokenizer import lone_surrogate
 
 DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
@@ -268,13 +268,13 @@ class IndexWriter(EmbeddingWriter):
     the passages committed so far, marked unfinished, which `e5np search build --resume` continues.
     `replacing`: the index whose .rebuild folder `directory` is (named in what kept() says)."""
 
-    def __init__(self, directory, model_name, dim, resume_command, weights=None, field=None, build_start=None,
+    def __init__(self, directory, model_name, dim, resume_command, made_by, field=None, build_start=None,
                  append=False, replacing=None):
         self.directory, self.resume_command, self.replacing = Path(directory), resume_command, replacing
         super().__init__(str(self.directory / VECTORS), dim, append=append)
         self.build_start = self.rows if build_start is None else build_start   # the first row of this corpus
         self.meta = {"model": model_name, "dim": dim, "rows": self.rows, "complete": False, "field": field,
-                     "build_start": self.build_start, "weights": weights}  # index.json: see search.write_meta
+                     "build_start": self.build_start, **made_by}     # index.json: see search.write_meta
         self.passages = self._open(self.directory / PASSAGES, "r+b" if append else "wb")
         for number in range(1, self.rows + 1):                        # keep the committed passages, drop the rest
             if not self.passages.readline().endswith(b"\n"):
@@ -396,9 +396,10 @@ def cmd_search_build(args):
         first_chunk = list(itertools.islice(texts, CHUNK))
         texts = itertools.chain(first_chunk, texts)
     model = load_model(args)
-    weights = weights_identity(model.directory, meta.get("weights") if continuing else None)
+    made_by = {"weights": weights_identity(model.directory, meta.get("weights") if continuing else None),
+               "recipe": passage_recipe(model)}                        # what decides the vectors: index.json keeps it
     if continuing:
-        check_same_model(args, where, meta, model.dim, weights)
+        check_same_model(args, where, meta, model.dim, made_by)
     try:
         where.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -408,7 +409,7 @@ def cmd_search_build(args):
     if continuing and "field" not in meta:                             # begun by an e5np that stored texts, not records
         field, texts = None, ((text, {"text": text}) for text, _ in texts)
     build_start = meta.get("build_start", 0) if args.resume else None  # where this corpus's passages begin
-    writer = IndexWriter(where, args.model, model.dim, resume_command, weights, field, build_start, append=continuing,
+    writer = IndexWriter(where, args.model, model.dim, resume_command, made_by, field, build_start, append=continuing,
                          replacing=out if replacing else None)
     if args.resume:
         try:
@@ -478,14 +479,19 @@ def check_continuable(args, out, meta):
                        + (f" (--field {meta['field']})" if meta.get("field") else ""))
 
 
-def check_same_model(args, out, meta, dim, weights):
-    """CliError unless the model makes vectors of the index's size with the weights that made its vectors."""
+def check_same_model(args, out, meta, dim, made_by):
+    """CliError unless the model makes vectors of the index's size, with the weights and the recipe (see
+    search.passage_recipe) that made its vectors."""
+    weights = made_by["weights"]
     if dim != meta["dim"]:
         raise CliError(f"{args.model} makes {dim}-dim vectors but {out} holds {meta['dim']}-dim ones")
     if meta.get("weights") and weights["sha256"] != meta["weights"]["sha256"]:
         raise CliError(f"the weights of {args.model} changed since {out} was begun (sha256 "
                        f"{meta['weights']['sha256'][:12]}... then, {weights['sha256'][:12]}... now): one index cannot "
                        f"mix two models' vectors; delete {out} and build it again")
+    if changes := recipe_changes(meta.get("recipe", {}), made_by["recipe"]):   # (none recorded in older indexes)
+        raise CliError(f"{args.model} now embeds passages otherwise than it did for {out} ({changes}): one index "
+                       f"cannot mix two kinds of vectors; delete {out} and build it again")
 
 
 HELD_LOCKS = {}  # index directory -> its open .lock file: held until the process ends
@@ -553,6 +559,9 @@ def cmd_search_query(args):
     if built_with and weights_identity(model.directory, built_with)["sha256"] != built_with["sha256"]:
         print(f"e5np search: warning: {args.model} is not the model {args.index} was built with (its weights' "
               f"sha256 differs): the scores compare two models' vectors", file=sys.stderr)
+    if changes := recipe_changes(meta.get("recipe", {}), passage_recipe(model)):
+        print(f"e5np search: warning: {args.model} now embeds texts otherwise than it did for {args.index} "
+              f"({changes}): the scores compare two kinds of vectors", file=sys.stderr)
     indices, scores = top_k(vectors, model.encode_queries(queries), args.top_k)
     field = meta.get("field")                                          # JSON lines: the record goes with its text
     try:

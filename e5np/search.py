@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import WEIGHTS_FILE
+from .tokenizer import LowercasingTokenizer, tokenizer_files
 
 VECTORS, PASSAGES, META = "vectors.npy", "passages.jsonl", "index.json"
 REBUILD = ".rebuild"  # inside an index directory: the index that will replace it, while it is being built
@@ -62,19 +63,43 @@ def weights_identity(model_directory, known=None):
     status = path.stat()
     if known and (known.get("size"), known.get("mtime_ns")) == (status.st_size, status.st_mtime_ns):
         return dict(known)
+    return {"sha256": file_sha256(path), "size": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+
+def file_sha256(*paths):
+    """The sha256 of the files' bytes, one after the other."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return {"sha256": digest.hexdigest(), "size": status.st_size, "mtime_ns": status.st_mtime_ns}
+    for path in paths:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def passage_recipe(model):
+    """What besides the weights decides the vector model.encode_passages gives a text: the token limit, the
+    tokenizer (its files' sha256) and whether texts are lowercased before it, the prefix, the pooling, the
+    normalizing. index.json records it, so that an index is not continued with vectors made another way: after
+    the checkpoint's files were edited, or by an e5np that reads them otherwise (as when e5np came to take
+    sentence-transformers' max_seq_length, 256 for all-MiniLM-L6-v2, over the tokenizer's 512)."""
+    return {"max_length": model.max_length, "tokenizer_sha256": file_sha256(*tokenizer_files(model.directory)),
+            "lowercase": isinstance(model.tokenizer, LowercasingTokenizer), "prefix": model.prefixes.get("passage", ""),
+            "pooling": model.pooling, "normalize": model.normalize}
+
+
+def recipe_changes(recorded, recipe):
+    """"max_length 512 then, 256 now; ..." for each setting of a recorded recipe that differs, "" if none does."""
+    return "; ".join(f"{key} {value!r} then, {recipe.get(key)!r} now" for key, value in recorded.items()
+                     if recipe.get(key) != value)
 
 
 def write_meta(directory, meta):
     """index.json, written whole or not at all. `e5np search build` keeps in it: the model, its dimension (dim),
     the rows, whether the build finished (complete), the field of the passages' records that holds the text when
     the corpus was JSON lines (field; null for plain text), the row where the last build's corpus begins
-    (build_start: after the passages it was appended to; what --resume compares its corpus with), and the identity
-    of the weights that made the vectors (weights; see weights_identity)."""
+    (build_start: after the passages it was appended to; what --resume compares its corpus with), the identity
+    of the weights that made the vectors (weights; see weights_identity) and how texts became vectors besides
+    (recipe; see passage_recipe)."""
     spare = Path(directory) / (META + ".new")
     spare.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(spare, Path(directory) / META)                          # whole or not at all, even if killed

@@ -79,21 +79,30 @@ def build_wordpiece(directory):
     return tokenizer
 
 
+def tokenizer_files(directory):
+    """The files the checkpoint's tokenizer is made from: tokenizer.json, else vocab.txt (a WordPiece vocabulary)
+    with tokenizer_config.json's settings if there is one."""
+    directory = Path(directory)
+    if (directory / TOKENIZER_FILE).is_file():
+        return [directory / TOKENIZER_FILE]
+    if (directory / VOCAB_FILE).is_file():
+        return [directory / name for name in (VOCAB_FILE, TOKENIZER_CONFIG_FILE) if (directory / name).is_file()]
+    raise CheckpointError(f"{directory}: no tokenizer found (expected {TOKENIZER_FILE}, or {VOCAB_FILE} "
+                          f"with {TOKENIZER_CONFIG_FILE})")
+
+
 def load_tokenizer(directory, max_length):
     """The checkpoint's tokenizer, set to truncate at max_length and not to pad (we pad per batch)."""
     from tokenizers import Tokenizer
 
-    path = Path(directory) / TOKENIZER_FILE
-    if path.is_file():
+    path = tokenizer_files(directory)[0]
+    if path.name == TOKENIZER_FILE:
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # the Rust side raises plain Exception for every parse error
             raise CheckpointError(f"{path}: not a valid tokenizers file ({e})") from None
-    elif (Path(directory) / VOCAB_FILE).is_file():
-        tokenizer = build_wordpiece(directory)
     else:
-        raise CheckpointError(f"{directory}: no tokenizer found (expected {TOKENIZER_FILE}, or {VOCAB_FILE} "
-                              f"with {TOKENIZER_CONFIG_FILE})")
+        tokenizer = build_wordpiece(directory)
     # A tokenizer.json may carry its own padding/truncation (all-MiniLM-L6-v2 pads every text to 128);
     # transformers overrides both per call, and so do we.
     tokenizer.no_padding()

@@ -433,3 +433,38 @@ def test_changed_weights_are_noticed(corpus, tmp_path):
     assert query.returncode == 0 and "is not the model" in query.stderr and "sha256 differs" in query.stderr
     resumed = e5np_cli("search", "build", "--resume", corpus, index, "-q")
     assert resumed.returncode == 2 and f"the weights of {model} changed since {index} was begun" in resumed.stderr
+
+
+def test_a_changed_recipe_is_noticed(corpus, tmp_path):
+    """index.json records how texts became vectors besides the weights: --resume and --append refuse a model that now
+    truncates, tokenizes, prefixes or pools otherwise (one index, two kinds of vectors), a query with it warns."""
+    model = tmp_path / "model"
+    shutil.copytree(TINY_DIR, model)
+    index = tmp_path / "index"
+    e5np_cli("search", "build", corpus, index, "-m", model, "-q", file_limit=FILE_LIMIT[".npy"])
+    recipe = json.loads((index / "index.json").read_text())["recipe"]
+    assert recipe == {"max_length": 128, "tokenizer_sha256": recipe["tokenizer_sha256"], "lowercase": False,
+                      "prefix": "", "pooling": "mean", "normalize": True}
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 64}))
+    (model / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"passage": "passage: "}}))
+    changes = "max_length 128 then, 64 now; prefix '' then, 'passage: ' now"
+    resumed = e5np_cli("search", "build", "--resume", corpus, index, "-q")
+    assert resumed.returncode == 2
+    assert resumed.stderr == (f"e5np search: {model} now embeds passages otherwise than it did for {index} ({changes}): "
+                              f"one index cannot mix two kinds of vectors; delete {index} and build it again\n")
+    query = e5np_cli("search", "query", index, "topic 3")
+    assert query.returncode == 0 and f"now embeds texts otherwise than it did for {index} ({changes})" in query.stderr
+
+    (model / "config_sentence_transformers.json").unlink()
+    (model / "tokenizer_config.json").write_text(json.dumps(settings))
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    tokenizer["normalizer"]["lowercase"] = not tokenizer["normalizer"]["lowercase"]
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    resumed = e5np_cli("search", "build", "--resume", corpus, index, "-q")
+    assert resumed.returncode == 2 and f"(tokenizer_sha256 '{recipe['tokenizer_sha256']}' then" in resumed.stderr
+    assert json.loads((index / "index.json").read_text())["rows"] == 4096
+
+    shutil.copy(TINY_DIR / "tokenizer.json", model / "tokenizer.json")
+    resumed = e5np_cli("search", "build", "--resume", corpus, index, "-q")
+    assert resumed.returncode == 0, resumed.stderr
