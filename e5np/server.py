@@ -8,6 +8,7 @@ server carries on.
 
 import base64
 import json
+import socket
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -126,7 +127,7 @@ def make_handler(model, model_name, max_body_bytes, max_inputs, idle_timeout, tr
                                                         truncation))
             except RequestError as e:
                 self.send_error_json(e)
-            except TimeoutError:  # the body stopped short of its Content-Length
+            except (TimeoutError, socket.timeout):  # the body stopped short of its Content-Length (3.9: not one)
                 self.close_connection = True
                 self.send_error_json(RequestError(408, f"the request body did not arrive within {self.timeout} s"))
             except Exception as e:  # a bug, not the client's fault: report it and keep serving

