@@ -178,18 +178,13 @@ def encode_batch(tokenizer, texts):
 
     A text far longer than the tokenizer's max_length is tokenized from a prefix (see encode_prefix).
     """
+    if error := not_unicode(texts, range(len(texts))):                 # tokenizers < 0.21 would drop them silently
+        raise error
     limit = (tokenizer.truncation or {}).get("max_length")
     chars = PREFIX_CHARS_PER_TOKEN * limit if limit else None
     long = {i for i, text in enumerate(texts) if chars and len(text) > 4 * chars}
-    if error := not_unicode(texts, sorted(long)):                     # past the prefix, tokenizers would not see it
-        raise error
-    try:
-        encodings = tokenizer.encode_batch([text[:prefix_end(text, chars) or chars] if i in long else text
-                                            for i, text in enumerate(texts)])
-    except TypeError:                                                  # tokenizers' only word for it
-        if error := not_unicode(texts, range(len(texts))):
-            raise error from None
-        raise
+    encodings = tokenizer.encode_batch([text[:prefix_end(text, chars) or chars] if i in long else text
+                                        for i, text in enumerate(texts)])
     for i in long:
         encodings[i] = encode_prefix(tokenizer, texts[i], chars, encodings[i])
     return encodings
