@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import e5np
-from e5np import cli as cli_module
+from e5np import files
 from tests.checkpoints import FIXTURES, TINY_DIR
 from tests.row_independence import assert_same_vectors
 
@@ -63,15 +63,15 @@ def assert_same_files(index, expected):
 
 @pytest.mark.parametrize("rows", [0, 5, 2048, 10**20])
 def test_npy_header_has_one_length_for_any_row_count(rows):
-    header = io.BytesIO(cli_module.npy_header(rows, 384))
-    assert len(header.getvalue()) == cli_module.NPY_HEADER_BYTES    # so it can be rewritten in place
+    header = io.BytesIO(files.npy_header(rows, 384))
+    assert len(header.getvalue()) == files.NPY_HEADER_BYTES    # so it can be rewritten in place
     assert np.lib.format.read_magic(header) == (1, 0)
     assert np.lib.format.read_array_header_1_0(header) == ((rows, 384), False, np.dtype("<f4"))
 
 
 def test_npy_output_is_a_valid_npy_after_every_chunk(tmp_path):
     out = tmp_path / "v.npy"
-    writer = cli_module.EmbeddingWriter(str(out), 4)
+    writer = files.EmbeddingWriter(str(out), 4)
     assert np.load(out).shape == (0, 4)
     first, second = np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((2, 4), np.float32)
     writer.write(["a", "b", "c"], first)
@@ -91,7 +91,7 @@ def test_a_full_disk_mid_stream_says_what_was_kept(tiny, corpus, tmp_path, suffi
     kept = re.fullmatch(expected, result.stderr)
     assert kept, result.stderr
     rows = int(kept[1])
-    assert rows == 2 * cli_module.CHUNK
+    assert rows == 2 * files.CHUNK
     vectors = np.load(out) if suffix == ".npy" else np.array([json.loads(line)["embedding"] for line in open(out)])
     assert len(vectors) == rows
     np.testing.assert_allclose(vectors[[0, -1]], tiny.encode([TEXTS[0], TEXTS[rows - 1]]), atol=1e-6)
@@ -128,13 +128,13 @@ def test_failed_build_leaves_an_unfinished_index_that_resume_completes(tiny, cor
 
 KILLED_MID_CHUNK = """
 import os, sys
-from e5np import cli
-write_vectors = cli.EmbeddingWriter.write
+from e5np import cli, files
+write_vectors = files.EmbeddingWriter.write
 def killed_on_second_chunk(self, texts, vectors):
     if self.rows:
         os._exit(9)        # the second chunk's passages are on disk, its vectors never come: a kill, no cleanup
     write_vectors(self, texts, vectors)
-cli.EmbeddingWriter.write = killed_on_second_chunk
+files.EmbeddingWriter.write = killed_on_second_chunk
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -145,10 +145,10 @@ def test_killed_build_resumes(corpus, straight_build, tmp_path):
                              "-m", str(TINY_DIR), "-q"], capture_output=True, text=True, timeout=300)
     assert killed.returncode == 9, killed.stderr
     passages = (index / "passages.jsonl").read_text().splitlines()
-    assert len(passages) == 2 * cli_module.CHUNK and len(np.load(index / "vectors.npy")) == cli_module.CHUNK
+    assert len(passages) == 2 * files.CHUNK and len(np.load(index / "vectors.npy")) == files.CHUNK
     query = e5np_cli("search", "query", index, "topic 3", "--json", "-k", "10000")
     assert query.returncode == 0, query.stderr
-    assert len(json.loads(query.stdout)["results"]) == cli_module.CHUNK       # the passages with vectors
+    assert len(json.loads(query.stdout)["results"]) == files.CHUNK       # the passages with vectors
 
     resumed = e5np_cli("search", "build", "--resume", corpus, index, "-m", TINY_DIR, "-q")
     assert resumed.returncode == 0, resumed.stderr
@@ -166,7 +166,7 @@ def test_a_rebuild_leaves_the_old_index_whole_until_the_new_one_is_complete(corp
                              "-m", str(TINY_DIR), "-q"], capture_output=True, text=True, timeout=300)
     assert killed.returncode == 9, killed.stderr
     assert_same_files(index, old)
-    assert len(np.load(index / ".rebuild" / "vectors.npy")) == cli_module.CHUNK
+    assert len(np.load(index / ".rebuild" / "vectors.npy")) == files.CHUNK
     cut_short = e5np_cli("search", "build", "--resume", corpus, index, "-q", file_limit=FILE_LIMIT[".npy"])
     assert cut_short.returncode == 2
     assert cut_short.stderr.endswith(f"File too large; {index} is as it was; {index / '.rebuild'} holds its unfinished "
