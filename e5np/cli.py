@@ -251,9 +251,14 @@ def skip_indexed(texts, passages, corpus, index, start=0):
 
 def cmd_search_query(args):
     try:
-        vectors, meta = load_index(args.index)
+        vectors, meta, passages_file = load_index(args.index)
     except ValueError as e:
         raise CliError(str(e)) from None
+    with passages_file:
+        return search_query(args, vectors, meta, passages_file)
+
+
+def search_query(args, vectors, meta, passages_file):
     complete = meta.get("complete", True)                              # indexes from before the flag are complete
     if not complete:
         print(f"e5np search: {args.index} is unfinished: it holds the first {len(vectors)} passages of its corpus "
@@ -279,7 +284,7 @@ def cmd_search_query(args):
     indices, scores = top_k(vectors, model.encode_queries(queries), args.top_k)
     field = meta.get("field")                                          # JSON lines: the record goes with its text
     try:
-        passages = passages_at(args.index, indices.ravel().tolist(), len(vectors), complete, field or "text")
+        passages = passages_at(passages_file, indices.ravel().tolist(), len(vectors), complete, field or "text")
     except ValueError as e:
         raise CliError(str(e)) from None
 

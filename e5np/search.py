@@ -172,10 +172,12 @@ def passage_lines(directory, rows, start=0):
 
 
 def load_index(directory):
-    """(vectors memory-mapped, meta) of an index directory; ValueError naming the file on any inconsistency.
+    """(vectors memory-mapped, meta, passages.jsonl open for reading) of an index directory; ValueError naming the
+    file on any inconsistency.
 
     The passages stay on disk: `passages_at` reads the ones a search returns, so a million-passage index
-    costs a query its vectors' pages, not a million strings.
+    costs a query its vectors' pages, not a million strings. The file is opened here, right after the vectors are
+    mapped, so that a rebuild moving its files in while the query runs cannot pair these vectors with its passages.
     """
     directory = Path(directory)
     for name in (VECTORS, PASSAGES, META):
@@ -187,21 +189,20 @@ def load_index(directory):
         raise ValueError(f"{directory / VECTORS} has shape {vectors.shape} but {META} says dim {meta['dim']}")
     if meta.get("complete", True) and meta.get("rows", len(vectors)) != len(vectors):   # (unfinished: may be ahead)
         raise ValueError(f"{directory / VECTORS} has {len(vectors)} rows but {META} says {meta['rows']}")
-    return vectors, meta
+    return vectors, meta, open(directory / PASSAGES, "rb")
 
 
-def passages_at(directory, indices, rows, complete=True, field="text"):
-    """{i: the record of passage i} for the given indices, in one pass over passages.jsonl that also checks it holds
-    `rows` passages, one per vector (ValueError if not). An unfinished build (complete false) may hold more: a
-    build killed mid-chunk writes the next chunk's passages, or part of them, before their vectors."""
-    path, wanted, found, lines = Path(directory) / PASSAGES, set(indices), {}, 0
-    with open(path, "rb") as f:
-        for line in f:
-            if lines == rows and not complete:
-                break
-            if lines in wanted:
-                found[lines] = passage_record(line, path, lines + 1, field)
-            lines += 1
+def passages_at(passages, indices, rows, complete=True, field="text"):
+    """{i: the record of passage i} for the given indices, in one pass over passages.jsonl (open, binary) that also
+    checks it holds `rows` passages, one per vector (ValueError if not). An unfinished build (complete false) may
+    hold more: a build killed mid-chunk writes the next chunk's passages, or part of them, before their vectors."""
+    path, wanted, found, lines = Path(passages.name), set(indices), {}, 0
+    for line in passages:
+        if lines == rows and not complete:
+            break
+        if lines in wanted:
+            found[lines] = passage_record(line, path, lines + 1, field)
+        lines += 1
     if lines != rows:
-        raise ValueError(f"{Path(directory)}: {VECTORS} has {rows} rows but {PASSAGES} has {lines}")
+        raise ValueError(f"{path.parent}: {VECTORS} has {rows} rows but {PASSAGES} has {lines}")
     return found

@@ -195,6 +195,27 @@ def test_a_rebuild_leaves_the_old_index_whole_until_the_new_one_is_complete(corp
     assert sorted(p.name for p in index.iterdir()) == [".lock", "index.json", "passages.jsonl", "vectors.npy"]
 
 
+def test_a_query_answers_from_one_index_while_a_rebuild_moves_in(tmp_path, monkeypatch, capsys):
+    """A rebuild may replace the index's files while a query loads its model: the query's passages are still those
+    of the vectors it searched (it opens passages.jsonl with them), not the rebuild's."""
+    from e5np import cli, search
+
+    index, new = tmp_path / "index", tmp_path / "new"
+    for corpus, where in ((TEXTS[:1000], index), (TEXTS[1000:2000], new)):   # as many passages: counts cannot tell
+        assert e5np_cli("search", "build", write_lines(tmp_path / "c.txt", corpus), where, "-m", TINY_DIR,
+                        "-q").returncode == 0
+    shutil.copytree(new, index / ".rebuild")
+    load_model = cli.load_model
+
+    def rebuild_moves_in_first(args):
+        search.replace_index(index / ".rebuild", index)
+        return load_model(args)
+    monkeypatch.setattr(cli, "load_model", rebuild_moves_in_first)
+    assert cli.main(["search", "query", str(index), "topic 3", "--json", "-k", "1000"]) == 0
+    assert sorted(hit["text"] for hit in json.loads(capsys.readouterr().out)["results"]) == sorted(TEXTS[:1000])
+    assert (index / "passages.jsonl").read_bytes() == (new / "passages.jsonl").read_bytes()   # it did move in
+
+
 def test_replacing_an_index_is_not_cut_short_by_ctrl_c(tmp_path, monkeypatch):
     """Ctrl-C between the renames would leave the new vectors beside the old passages: it waits for the three."""
     from e5np import search
