@@ -304,19 +304,36 @@ def load_sentence_transformers_head(directory):
         raise CheckpointError(f"{path}: expected a JSON list of modules")
     pooling, normalize = None, False
     for module in modules:
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1] if isinstance(module, dict) else ""
+        kind = _module_kind(module)
         if kind == "Transformer":
             continue
         if kind == "Normalize":
             normalize = True
         elif kind == "Pooling":
-            pooling = _read_pooling(directory / module.get("path", "1_Pooling") / CONFIG_FILE)
+            pooling = _read_pooling(directory / _pooling_config(module))
         else:
             raise CheckpointError(f"{path}: module {module!r} is not supported "
                                   "(e5np runs Transformer -> Pooling -> Normalize)")
     if pooling is None:
         raise CheckpointError(f"{path}: no Pooling module")
     return pooling, normalize
+
+
+def _module_kind(module):
+    """"Pooling" for {"type": "sentence_transformers.models.Pooling", ...}; "" for what is not a module."""
+    return str(module.get("type", "")).rsplit(".", 1)[-1] if isinstance(module, dict) else ""
+
+
+def _pooling_config(module):
+    return f"{module.get('path', '1_Pooling')}/{CONFIG_FILE}"
+
+
+def pooling_configs(directory):
+    """The pooling config files a sentence-transformers modules.json names, relative to directory ("1_Pooling/
+    config.json" as a rule); [] without modules.json, or for one load_sentence_transformers_head would refuse."""
+    path = Path(directory) / ST_MODULES
+    modules = read_json(path) if path.is_file() else []
+    return [_pooling_config(m) for m in modules if _module_kind(m) == "Pooling"] if isinstance(modules, list) else []
 
 
 def _read_pooling(path):

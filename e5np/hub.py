@@ -4,7 +4,10 @@ import os
 import re
 from pathlib import Path
 
-# Only what e5np reads; a hub repo also holds pytorch_model.bin, ONNX exports and more that we never fetch.
+from .checkpoint import pooling_configs
+
+# Only what e5np reads; a hub repo also holds pytorch_model.bin, ONNX exports and more that we never fetch. A Pooling
+# module that modules.json puts elsewhere than 1_Pooling/ is fetched once modules.json has said where.
 NEEDED_FILES = [
     "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
     "special_tokens_map.json", "modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
@@ -42,9 +45,16 @@ def resolve(name_or_path, *, revision=None, local_files_only=None, cache_dir=Non
     from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
 
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+    def download(files):
+        return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token,
+                                      local_files_only=bool(local_files_only), allow_patterns=files))
+
     try:
-        directory = snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token,
-                                      local_files_only=bool(local_files_only), allow_patterns=NEEDED_FILES)
+        directory = download(NEEDED_FILES)
+        elsewhere = [f for f in pooling_configs(directory) if not (directory / f).is_file()]
+        if elsewhere:                                                  # modules.json puts Pooling outside 1_Pooling/
+            directory = download(elsewhere)
     except HFValidationError as e:
         raise ModelNotFoundError(f"{name}: no such directory, and not a valid hub id ({e})") from None
     except LocalEntryNotFoundError:
@@ -56,4 +66,4 @@ def resolve(name_or_path, *, revision=None, local_files_only=None, cache_dir=Non
             "model.safetensors and tokenizer.json.") from None
     except HfHubHTTPError as e:
         raise ModelNotFoundError(f"{name}: the hub refused the request ({e})") from None
-    return Path(directory)
+    return directory

@@ -111,3 +111,38 @@ def test_every_file_e5np_reads_is_downloaded():
             "1_Pooling/config.json", tokenizer.TOKENIZER_FILE, tokenizer.VOCAB_FILE, tokenizer.TOKENIZER_CONFIG_FILE,
             tokenizer.ST_CONFIG_FILE}
     assert read <= set(hub.NEEDED_FILES)
+
+
+def test_a_pooling_module_outside_1_pooling_is_downloaded(checkpoint_dirs, tmp_path, monkeypatch):
+    """Downloads fetch NEEDED_FILES only; a modules.json that puts its Pooling module in another folder has that
+    folder's config fetched in a second request, once modules.json has said where (it was never fetched, and the
+    load failed on a missing file)."""
+    import fnmatch
+    import shutil
+
+    import huggingface_hub
+
+    repo = tmp_path / "repo"                                           # the hub's copy: CLS pooling, in pooling/
+    shutil.copytree(checkpoint_dirs["st-cls"], repo)
+    (repo / "1_Pooling").rename(repo / "pooling")
+    modules = json.loads((repo / "modules.json").read_text())
+    (repo / "modules.json").write_text(json.dumps([dict(m, path="pooling") if m["path"] == "1_Pooling" else m
+                                                   for m in modules]))
+    (repo / "pytorch_model.bin").write_bytes(b"never fetched")
+    requests = []
+
+    def snapshot_download(repo_id, revision=None, cache_dir=None, token=None, local_files_only=False,
+                          allow_patterns=None):                       # the hub, for the files asked for
+        requests.append(allow_patterns)
+        snapshot = tmp_path / "snapshot"
+        for path in repo.rglob("*"):
+            name = path.relative_to(repo).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, snapshot / name)
+        return str(snapshot)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    model = e5np.load("someone/st-cls-elsewhere")
+    assert requests[1:] == [["pooling/config.json"]]
+    assert model.pooling == "cls" and not (tmp_path / "snapshot" / "pytorch_model.bin").exists()
+    assert_same_vectors(model.encode(TEXTS), e5np.load(checkpoint_dirs["st-cls"]).encode(TEXTS))
