@@ -46,15 +46,15 @@ def resolve(name_or_path, *, revision=None, local_files_only=None, cache_dir=Non
 
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
 
-    def download(files):
+    def download(files, revision):
         return Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token,
                                       local_files_only=bool(local_files_only), allow_patterns=files))
 
     try:
-        directory = download(NEEDED_FILES)
+        directory = download(NEEDED_FILES, revision)
         elsewhere = [f for f in pooling_configs(directory) if not (directory / f).is_file()]
-        if elsewhere:                                                  # modules.json puts Pooling outside 1_Pooling/
-            directory = download(elsewhere)
+        if elsewhere:                         # modules.json puts Pooling outside 1_Pooling/: from the same commit
+            directory = download(elsewhere, revision=directory.name)   # (a snapshot's folder is named by its commit)
     except HFValidationError as e:
         raise ModelNotFoundError(f"{name}: no such directory, and not a valid hub id ({e})") from None
     except LocalEntryNotFoundError:
