@@ -58,17 +58,18 @@ def choose_encoder(model, args):
     return model.encode
 
 
-def text_source(arguments, input_path, field=None, what="texts"):
-    """The texts of a command: its arguments, else --input, else stdin unless that is a terminal."""
+def text_source(arguments, input_path, field=None, what="texts", keep_blank=False):
+    """The texts of a command: its arguments, else --input, else stdin unless that is a terminal (see iter_records
+    for keep_blank)."""
     if arguments:
         return iter(text_records(arguments))
     if input_path or not sys.stdin.isatty():
-        return iter_records(input_path or "-", field)
+        return iter_records(input_path or "-", field, keep_blank)
     raise CliError(f"no {what}: give them as arguments, with --input FILE, or on stdin (one per line)")
 
 
 def cmd_embed(args):
-    source = text_source(args.texts, args.input, args.field)
+    source = text_source(args.texts, args.input, args.field, keep_blank=True)   # row i of the output is line i
     model = load_model(args)
     embed_stream(choose_encoder(model, args), source, EmbeddingWriter(args.output, model.dim), args)
     return 0
@@ -263,6 +264,8 @@ def search_query(args, vectors, meta, passages_file):
     if not complete:
         print(f"e5np search: {args.index} is unfinished: it holds the first {len(vectors)} passages of its corpus "
               f"(`e5np search build --resume CORPUS {shlex.quote(args.index)}` continues it)", file=sys.stderr)
+    if len(vectors) == 0:
+        print(f"e5np search: {args.index} holds no passages: no results", file=sys.stderr)
     with contextlib.suppress(ValueError):                              # a damaged rebuild is no reason not to answer
         if unfinished_rebuild(args.index):
             print(f"e5np search: {Path(args.index) / REBUILD} holds an unfinished rebuild of {args.index}: these "
@@ -374,8 +377,8 @@ def build_parser():
                            help="texts are passages: add the model's passage prefix ('passage: ' for E5)")
 
     embed = sub.add_parser("embed", help="embed texts", description=(
-        "Embed texts given as arguments, read from --input (one per line, or JSON lines with --field) or from "
-        "stdin. Prints one JSON array per text, or writes --output as .npy or .jsonl (each text, or each input "
+        "Embed texts given as arguments, read from --input (one per line, blank lines too, so that output row i "
+        "is line i; or JSON lines with --field) or from stdin. Prints one JSON array per text, or writes --output as .npy or .jsonl (each text, or each input "
         "record with all its fields, plus its \"embedding\"). Streams: any input size runs in bounded memory."))
     embed.add_argument("texts", nargs="*", help="texts to embed")
     model_option(embed)
@@ -389,7 +392,7 @@ def build_parser():
         "`search query INDEX QUERY...` prints the top-k passages by cosine similarity."))
     search_sub = search.add_subparsers(dest="action", required=True, metavar="ACTION")
     build = search_sub.add_parser("build", help="embed a corpus into an index directory")
-    build.add_argument("corpus", help="text file (one passage per line) or .jsonl ('-' = stdin)")
+    build.add_argument("corpus", help="text file (one passage per line; blank lines skipped) or .jsonl ('-' = stdin)")
     build.add_argument("index", help="directory to write vectors.npy, passages.jsonl, index.json into (an index "
                                      "already there is rebuilt in INDEX/.rebuild and replaced when that is complete)")
     continuation = build.add_mutually_exclusive_group()

@@ -66,24 +66,27 @@ def json_field(path, field=None):
     return (field or "text") if field is not None or str(path).endswith(".jsonl") else None
 
 
-def iter_records(path, field=None):
-    """(text, record) pairs from a file ('-' = stdin): one per non-blank line, record {"text": line}; or for
-    JSON lines (.jsonl, or --field) one per object, text its `field` ("text" by default) and record the object
-    itself, whose other fields (an id, a URL) the .jsonl output and a search index keep.
+def iter_records(path, field=None, keep_blank=False):
+    """(text, record) pairs from a file ('-' = stdin): one per line, record {"text": line}; or for JSON lines
+    (.jsonl, or --field) one per object, text its `field` ("text" by default) and record the object itself,
+    whose other fields (an id, a URL) the .jsonl output and a search index keep.
+
+    Blank lines (empty or whitespace only) are skipped, unless keep_blank: then a plain-text file gives one text per
+    line, blank ones too, so that `e5np embed`'s row i is the file's line i (a blank line of JSON lines is no record).
 
     The file is opened now, so that one that cannot be read stops a command before it writes anything (a typo
     in `search build`'s corpus name would have replaced the index with an empty one); it is read as texts are
     taken."""
-    return read_records(open_input(path), path, json_field(path, field))
+    return read_records(open_input(path), path, json_field(path, field), keep_blank)
 
 
-def read_records(f, path, field):
+def read_records(f, path, field, keep_blank=False):
     name = "stdin" if path == "-" else path
     try:
         for number, line in enumerate(f, 1):
             if lone_surrogate(line) is not None:
                 raise not_utf8(line, f"{name}:{number}")
-            if not line.strip():
+            if not line.strip() and not (keep_blank and field is None):
                 continue
             if field is None:
                 text = line.rstrip("\r\n")

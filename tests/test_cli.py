@@ -38,7 +38,7 @@ def test_embed_query_prefix_and_npy_output(tiny, tmp_path):
 
 def test_embed_stdin_and_file_with_jsonl_output(tiny, tmp_path):
     texts = ["first line", "second line", "dritte Zeile ü"]
-    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n\n", encoding="utf-8")
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     for args, stdin in ((["--input", tmp_path / "in.txt"], ""), ([], "\n".join(texts))):
         out = tmp_path / "out.jsonl"
         result = e5np_cli("embed", "-m", TINY_DIR, "--passage", *args, "-o", out, stdin=stdin)
@@ -46,6 +46,22 @@ def test_embed_stdin_and_file_with_jsonl_output(tiny, tmp_path):
         rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
         assert [r["text"] for r in rows] == texts
         np.testing.assert_allclose([r["embedding"] for r in rows], tiny.encode_passages(texts), atol=1e-7)
+
+
+def test_embed_gives_one_vector_per_line_blank_lines_too(tiny, tmp_path):
+    # Row i of the output is line i of the input: a blank line skipped would shift every later row onto the wrong
+    # line (texts cut from a spreadsheet column with empty cells, then joined back by position).
+    lines = ["first", "", "third", "   ", "fifth\r", "", "last"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8", newline="")
+    expected = tiny.encode([line.rstrip("\r") for line in lines])
+    for args, stdin in ((["--input", tmp_path / "in.txt", "-o", tmp_path / "out.npy"], ""),
+                        (["-o", tmp_path / "out.npy"], "\n".join(lines) + "\n")):
+        result = e5np_cli("embed", "-m", TINY_DIR, *args, stdin=stdin)
+        assert result.returncode == 0, result.stderr
+        assert_same_vectors(np.load(tmp_path / "out.npy"), expected)
+    result = e5np_cli("embed", "-m", TINY_DIR, "-i", tmp_path / "in.txt", "-o", tmp_path / "out.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [row["text"] for row in rows] == [line.rstrip("\r") for line in lines]
 
 
 def test_embed_threads(tiny, tmp_path):

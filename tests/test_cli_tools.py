@@ -106,7 +106,7 @@ def test_a_byte_order_mark_is_not_part_of_the_first_text(tiny, tmp_path):
 
 
 def test_search_build_and_query(tiny, tmp_path):
-    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n")
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS[:2] + ["", "   "] + CORPUS[2:]) + "\n\n")  # blank: no passage
     built = cli("search", "build", tmp_path / "corpus.txt", tmp_path / "index", "-m", TINY_DIR)
     assert built.returncode == 0, built.stderr
     stored = np.load(tmp_path / "index" / "vectors.npy")
@@ -120,6 +120,17 @@ def test_search_build_and_query(tiny, tmp_path):
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
     plain = cli("search", "query", tmp_path / "index", "bamboo", "-k", "1")
     assert plain.returncode == 0 and plain.stdout.startswith("query: bamboo\n    1. ")
+
+
+
+def test_a_corpus_of_blank_lines_makes_an_empty_index_that_says_so(tmp_path):
+    (tmp_path / "blank.txt").write_text("\n  \n\n")
+    built = cli("search", "build", tmp_path / "blank.txt", tmp_path / "index", "-m", TINY_DIR)
+    assert built.returncode == 0 and "indexed 0 passages" in built.stderr, built.stderr
+    result = cli("search", "query", tmp_path / "index", "bamboo", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"query": "bamboo", "results": []}
+    assert "holds no passages" in result.stderr
 
 
 RECORDS = [{"id": f"doc-{i}", "body": text, "tags": ["fr" if "Paris" in text else "en", i], "note": "café ☕"}
