@@ -4,7 +4,7 @@ import os
 import re
 from pathlib import Path
 
-from .checkpoint import pooling_configs
+from .checkpoint import WEIGHTS_FILE, pooling_configs
 
 # Only what e5np reads; a hub repo also holds pytorch_model.bin, ONNX exports and more that we never fetch. A Pooling
 # module that modules.json puts elsewhere than 1_Pooling/ is fetched once modules.json has said where.
@@ -66,4 +66,11 @@ def resolve(name_or_path, *, revision=None, local_files_only=None, cache_dir=Non
             "model.safetensors and tokenizer.json.") from None
     except HfHubHTTPError as e:
         raise ModelNotFoundError(f"{name}: the hub refused the request ({e})") from None
+    if not (directory / WEIGHTS_FILE).is_file():                       # (pytorch_model.bin is never downloaded)
+        raise ModelNotFoundError(
+            f"{name}{'@' + revision if revision else ''} has no {WEIGHTS_FILE} ({directory}), the only weights e5np "
+            "reads: the repo has none at that revision, or its cached snapshot lacks it. A repo with only "
+            "pytorch_model.bin may have a safetensors copy on a pull-request branch (revision=\"refs/pr/N\"); or "
+            "convert it with transformers (AutoModel.from_pretrained(id).save_pretrained(dir, "
+            "safe_serialization=True)) and pass the directory.")
     return directory

@@ -113,14 +113,37 @@ def test_every_file_e5np_reads_is_downloaded():
     assert read <= set(hub.NEEDED_FILES)
 
 
-def test_a_pooling_module_outside_1_pooling_is_downloaded(checkpoint_dirs, tmp_path, monkeypatch):
-    """Downloads fetch NEEDED_FILES only; a modules.json that puts its Pooling module in another folder has that
-    folder's config fetched in a second request, once modules.json has said where (it was never fetched, and the
-    load failed on a missing file)."""
+def fake_hub(repo, tmp_path, monkeypatch):
+    """huggingface_hub.snapshot_download replaced by a hub holding `repo`'s files: it copies the files asked for
+    into a snapshot folder named by the commit, as the cache does. Returns the (revision, allow_patterns) of each
+    request, as they come."""
     import fnmatch
     import shutil
 
     import huggingface_hub
+
+    requests = []
+
+    def snapshot_download(repo_id, revision=None, cache_dir=None, token=None, local_files_only=False,
+                          allow_patterns=None):
+        requests.append((revision, allow_patterns))
+        snapshot = tmp_path / COMMIT
+        snapshot.mkdir(exist_ok=True)
+        for path in repo.rglob("*"):
+            name = path.relative_to(repo).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, snapshot / name)
+        return str(snapshot)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return requests
+
+
+def test_a_pooling_module_outside_1_pooling_is_downloaded(checkpoint_dirs, tmp_path, monkeypatch):
+    """Downloads fetch NEEDED_FILES only; a modules.json that puts its Pooling module in another folder has that
+    folder's config fetched in a second request, once modules.json has said where (it was never fetched, and the
+    load failed on a missing file)."""
+    import shutil
 
     repo = tmp_path / "repo"                                           # the hub's copy: CLS pooling, in pooling/
     shutil.copytree(checkpoint_dirs["st-cls"], repo)
@@ -129,20 +152,25 @@ def test_a_pooling_module_outside_1_pooling_is_downloaded(checkpoint_dirs, tmp_p
     (repo / "modules.json").write_text(json.dumps([dict(m, path="pooling") if m["path"] == "1_Pooling" else m
                                                    for m in modules]))
     (repo / "pytorch_model.bin").write_bytes(b"never fetched")
-    requests = []
-
-    def snapshot_download(repo_id, revision=None, cache_dir=None, token=None, local_files_only=False,
-                          allow_patterns=None):                       # the hub, for the files asked for
-        requests.append((revision, allow_patterns))
-        snapshot = tmp_path / COMMIT                                   # the cache names a snapshot by its commit
-        for path in repo.rglob("*"):
-            name = path.relative_to(repo).as_posix()
-            if path.is_file() and any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
-                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(path, snapshot / name)
-        return str(snapshot)
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    requests = fake_hub(repo, tmp_path, monkeypatch)
     model = e5np.load("someone/st-cls-elsewhere")
     assert requests[1:] == [(COMMIT, ["pooling/config.json"])]          # pinned: main may have moved meanwhile
     assert model.pooling == "cls" and not (tmp_path / COMMIT / "pytorch_model.bin").exists()
     assert_same_vectors(model.encode(TEXTS), e5np.load(checkpoint_dirs["st-cls"]).encode(TEXTS))
+
+
+def test_a_hub_repo_without_safetensors_weights_is_named_with_what_to_do(checkpoint_dirs, tmp_path, monkeypatch):
+    """A repo with only pytorch_model.bin (never downloaded: e5np does not unpickle) said just "file not found" about
+    a path in the cache."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(checkpoint_dirs["st-cls"], repo)
+    (repo / "model.safetensors").rename(repo / "pytorch_model.bin")
+    fake_hub(repo, tmp_path, monkeypatch)
+    with pytest.raises(e5np.ModelNotFoundError) as error:
+        e5np.load("someone/old-model", revision="main")
+    message = str(error.value)
+    assert message.startswith("someone/old-model@main has no model.safetensors (")
+    assert 'revision="refs/pr/N"' in message and "safe_serialization=True" in message
+    assert not (tmp_path / COMMIT / "pytorch_model.bin").exists()
