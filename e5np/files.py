@@ -30,13 +30,16 @@ class CliError(Exception):
 # --- reading: texts and records ------------------------------------------------------------------
 def open_input(path):
     """The file, or stdin for '-', as UTF-8 text (a leading byte-order mark dropped). Bytes that are not
-    UTF-8 come through as lone surrogates (errors="surrogateescape"): iter_records reports them by line."""
+    UTF-8 come through as lone surrogates (errors="surrogateescape"): iter_records reports them by line.
+
+    Lines end at "\n" only (a "\r\n" ending loses its "\r" later), as `wc -l` counts them: Python's default also
+    ends a line at a lone "\r", so a text holding one became two texts, and every later vector a row off."""
     if path == "-":
         if hasattr(sys.stdin, "reconfigure"):
-            sys.stdin.reconfigure(encoding="utf-8-sig", errors="surrogateescape")
+            sys.stdin.reconfigure(encoding="utf-8-sig", errors="surrogateescape", newline="\n")
         return sys.stdin
     try:
-        return open(path, encoding="utf-8-sig", errors="surrogateescape")
+        return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="\n")
     except OSError as e:
         raise CliError(f"cannot read {path}: {e.strerror}") from None
 

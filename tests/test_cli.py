@@ -51,7 +51,8 @@ def test_embed_stdin_and_file_with_jsonl_output(tiny, tmp_path):
 def test_embed_gives_one_vector_per_line_blank_lines_too(tiny, tmp_path):
     # Row i of the output is line i of the input: a blank line skipped would shift every later row onto the wrong
     # line (texts cut from a spreadsheet column with empty cells, then joined back by position).
-    lines = ["first", "", "third", "   ", "fifth\r", "", "last"]
+    # A lone carriage return inside a line does not end it (Python's default does; `wc -l` does not).
+    lines = ["first", "", "third", "   ", "fifth\r", "", "a\rcarriage return", "last"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8", newline="")
     expected = tiny.encode([line.rstrip("\r") for line in lines])
     for args, stdin in ((["--input", tmp_path / "in.txt", "-o", tmp_path / "out.npy"], ""),
