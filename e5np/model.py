@@ -19,6 +19,12 @@ from .tokenizer import encode_batch, load_tokenizer, model_max_length, not_unico
 # config_sentence_transformers.json declares prompts or load(prefixes=...) says so.
 E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
 E5_NAME = re.compile(r"(^|[^a-z0-9])e5([^a-z0-9]|$)")  # intfloat/e5-small, multilingual-e5-base, ...
+# The instruction-tuned E5s (intfloat/multilingual-e5-large-instruct) take no "query: " / "passage: ": a query is
+# "Instruct: <one sentence saying the task>\nQuery: <query>", a passage is as it is. The instruction here is the one
+# their model card uses for retrieval; prefixes={"query": ...} gives another task's.
+E5_INSTRUCT_PREFIXES = {"query": "Instruct: Given a web search query, retrieve relevant passages that answer the "
+                                 "query\nQuery: ", "passage": ""}
+E5_INSTRUCT_NAME = re.compile(r"(^|[^a-z0-9])e5([^a-z0-9].*)?instruct")
 DTYPES = {"float32": np.float32, "float64": np.float64}
 # Texts encode() tokenizes at a time. A tokenized text costs ~230 bytes a token (ids, offsets, token strings),
 # so 100,000 texts of ~110 tokens took 2.6 GB at once, and a million would not fit this 24 GB machine; 4,096
@@ -44,6 +50,15 @@ def as_text_list(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str")
     return texts, False
+
+
+def e5_prefixes(names):
+    """E5's prefixes for a model whose names (hub id, directory) say it is an E5, the instruct ones' for an instruct
+    E5, else none."""
+    for pattern, prefixes in ((E5_INSTRUCT_NAME, E5_INSTRUCT_PREFIXES), (E5_NAME, E5_PREFIXES)):
+        if pattern.search(names):
+            return dict(prefixes)
+    return {}
 
 
 def check_positive_int(name, value):
@@ -295,9 +310,7 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
 
     st_pooling, st_normalize = load_sentence_transformers_head(directory) or ("mean", True)
     if prefixes is None:
-        prefixes = load_prompts(directory)
-        if not prefixes and E5_NAME.search(f"{name_or_path} {directory}".lower()):
-            prefixes = E5_PREFIXES
+        prefixes = load_prompts(directory) or e5_prefixes(f"{name_or_path} {directory}".lower())
     return Model(params, config, tokenizer, max_length, DTYPES[dtype], name=str(name_or_path), directory=directory,
                  threads=threads, pooling=pooling or st_pooling,
                  normalize=st_normalize if normalize is None else normalize, prefixes=prefixes)

@@ -105,13 +105,32 @@ def test_roberta_position_offset_must_fit(checkpoint_dirs, tmp_path):
 
 
 def test_e5_prefix_detection_by_name():
-    from e5np.model import E5_NAME
+    from e5np.model import E5_INSTRUCT_PREFIXES, E5_PREFIXES, e5_prefixes
 
     for name in ("intfloat/e5-small", "intfloat/multilingual-e5-base", "intfloat/e5-large-v2",
-                 "/cache/models--intfloat--e5-small/snapshots/abc", "E5-small"):
-        assert E5_NAME.search(name.lower()), name
-    for name in ("BAAI/bge-small-en-v1.5", "sentence-transformers/all-MiniLM-L6-v2", "e5x", "le5-model"):
-        assert not E5_NAME.search(name.lower()), name
+                 "/cache/models--intfloat--e5-small/snapshots/abc", "E5-small", "team/e5-base-finetuned"):
+        assert e5_prefixes(name.lower()) == E5_PREFIXES, name
+    for name in ("intfloat/multilingual-e5-large-instruct", "/cache/models--intfloat--multilingual-e5-large-instruct/"
+                 "snapshots/abc", "e5-instruct"):
+        assert e5_prefixes(name.lower()) == E5_INSTRUCT_PREFIXES, name
+    for name in ("BAAI/bge-small-en-v1.5", "sentence-transformers/all-MiniLM-L6-v2", "e5x", "le5-model",
+                 "hkunlp/instructor-base"):
+        assert e5_prefixes(name.lower()) == {}, name
+
+
+def test_an_instruct_e5_gets_its_instruction_not_e5s_prefixes(checkpoint_dirs, tmp_path):
+    """multilingual-e5-large-instruct was trained on "Instruct: <task>\nQuery: <query>" and passages as they are;
+    its e5 name gave it "query: " / "passage: ", silently the wrong inputs."""
+    directory = tmp_path / "multilingual-e5-large-instruct"
+    shutil.copytree(checkpoint_dirs["xlmr"], directory)
+    model = e5np.load(directory)
+    instruction = "Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: "
+    assert model.prefixes == {"query": instruction, "passage": ""}
+    np.testing.assert_array_equal(model.encode_queries(["pumpkin recipes"]),
+                                  model.encode([instruction + "pumpkin recipes"]))
+    np.testing.assert_array_equal(model.encode_passages(["A pumpkin."]), model.encode(["A pumpkin."]))
+    assert e5np.load(directory, prefixes={"query": "Instruct: Find the duplicate question\nQuery: "}).prefixes == {
+        "query": "Instruct: Find the duplicate question\nQuery: "}
 
 
 @pytest.mark.live
