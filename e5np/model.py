@@ -122,6 +122,13 @@ class Forward:
         return self.hidden_states[-1]
 
 
+def progress_bar(total, enabled):
+    """A tqdm bar on stderr counting texts (tqdm comes with huggingface-hub); a no-op one when not enabled."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="text", desc="e5np", disable=not enabled)
+
+
 def length_batches(lengths, batch_size, max_tokens, workers=1):
     """Group text indices into batches of similar token length, longest texts first: attention stacks texts of
     equal length into one step, and the padded [B, T, H] arrays the model hands back stay small (padding itself
@@ -195,7 +202,8 @@ class Model:
                            position_offset=self.config.position_offset,
                            keep_hidden=keep_hidden, keep_attention=keep_attention)
 
-    def encode(self, texts, *, batch_size=32, normalize=None, truncation="warn", threads=None):
+    def encode(self, texts, *, batch_size=32, normalize=None, truncation="warn", threads=None,
+               show_progress_bar=False):
         """Embed texts: a str gives a [H] vector, a list of n strs an [n, H] array (float32 by default).
 
         Texts are batched by token length (texts of equal length share attention steps) and returned in input order.
@@ -203,6 +211,7 @@ class Model:
         "warn" (a TruncationWarning naming the texts), "ignore", or "error" (ValueError).
         threads: batches run at once (default self.threads); NumPy releases the GIL in its kernels.
         normalize: L2-normalize the pooled vectors (default: what the checkpoint does; E5 does).
+        show_progress_bar: a tqdm bar on stderr counting the texts embedded, batch by batch.
         """
         texts, single = as_text_list(texts)
         check_positive_int("batch_size", batch_size)
@@ -210,15 +219,18 @@ class Model:
             raise ValueError(f"truncation must be 'warn', 'ignore' or 'error', got {truncation!r}")
         threads = self.threads if threads is None else check_positive_int("threads", threads)
         normalize = self.normalize if normalize is None else check_flag("normalize", normalize)
+        show_progress_bar = check_flag("show_progress_bar", show_progress_bar)
 
         if error := not_unicode(texts, range(len(texts))):            # found before any work, not hours into it
             raise error
         if truncation == "error" and (too_long := self._too_long(texts)):
             raise ValueError(self._truncation_message(too_long, len(texts)))
         vectors, truncated = np.empty((len(texts), self.dim), dtype=self.dtype), []
-        for start, encodings in self._tokenized_windows(texts):
-            truncated += overflowing(encodings, start)
-            vectors[start:start + len(encodings)] = self._embed_encodings(encodings, batch_size, normalize, threads)
+        with progress_bar(len(texts), show_progress_bar) as bar:
+            for start, encodings in self._tokenized_windows(texts):
+                truncated += overflowing(encodings, start)
+                vectors[start:start + len(encodings)] = self._embed_encodings(encodings, batch_size, normalize,
+                                                                              threads, done=bar.update)
         if truncated and truncation == "warn":
             warnings.warn(self._truncation_message(truncated, len(texts)), TruncationWarning, stacklevel=2)
         return vectors[0] if single else vectors
@@ -236,11 +248,12 @@ class Model:
         return (f"{len(truncated)} of {n} text(s) exceed max_length={self.max_length} tokens and were truncated: "
                 f"indices {truncated[:10]}{' ...' if len(truncated) > 10 else ''}")
 
-    def _embed_encodings(self, encodings, batch_size, normalize, threads, workers=None):
+    def _embed_encodings(self, encodings, batch_size, normalize, threads, workers=None, done=None):
         """Already-tokenized texts -> [n, H]: the part of encode() after tokenizing (the server reuses it).
 
         workers: an executor of `threads` threads (each with one BLAS thread) to run the batches on, shared
-        by callers so that their batches queue for the same cores; by default this call makes its own."""
+        by callers so that their batches queue for the same cores; by default this call makes its own.
+        done: called with each batch's number of texts once its vectors are in (a progress bar's update)."""
         def embed(rows):
             batch = pad([encodings[i] for i in rows], pad_id=self.config.pad_token_id)
             hidden, _, _ = self._run(batch)
@@ -248,14 +261,17 @@ class Model:
 
         out = np.empty((len(encodings), self.dim), dtype=self.dtype)
         batches = length_batches([len(e.ids) for e in encodings], batch_size, self.max_batch_tokens, threads)
+        done = done or (lambda texts: None)
         if workers is None and (threads == 1 or len(batches) == 1):
             for rows in batches:
                 out[rows] = embed(rows)
+                done(len(rows))
             return out
         shared = workers is not None                                       # a shared pool outlives this call
         with nullcontext(workers) if shared else ThreadPoolExecutor(threads, initializer=use_one_blas_thread) as pool:
             for rows, vectors in zip(batches, pool.map(embed, batches)):  # the costliest batches start first
                 out[rows] = vectors
+                done(len(rows))
         return out
 
     def encode_queries(self, texts, **kwargs):

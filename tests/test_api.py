@@ -130,6 +130,20 @@ def test_load_checks_its_arguments_before_reading_weights(tiny, monkeypatch, arg
         e5np.load(tiny.name, **{argument: value})
 
 
+def test_progress_bar_counts_the_texts_embedded_and_is_off_by_default(tiny, capsys):
+    texts = [f"text {i} " + "word " * (i % 50) for i in range(300)]
+    for threads in (1, 2):
+        vectors = tiny.encode(texts, batch_size=8, threads=threads, show_progress_bar=True)
+        bar = capsys.readouterr().err
+        assert "300/300" in bar and "e5np" in bar, bar
+        assert_same_vectors(vectors, tiny.encode(texts, batch_size=8, threads=threads))
+        assert capsys.readouterr().err == ""
+    tiny.encode_passages(["a", "b"], show_progress_bar=True)
+    assert "2/2" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="show_progress_bar must be True or False"):
+        tiny.encode(["x"], show_progress_bar="yes")
+
+
 def test_threads_do_not_change_vectors(minilm):
     from tests.corpus import PARITY_TEXTS
 
@@ -167,9 +181,9 @@ def test_many_texts_are_tokenized_a_window_at_a_time(minilm, monkeypatch):
         tokenized.append(len(window))
         return encode_batch(tokenizer, window)
 
-    def embed_counted(encodings, *args):
+    def embed_counted(encodings, *args, **kwargs):
         embedded.append(len(encodings))
-        return embed_encodings(encodings, *args)
+        return embed_encodings(encodings, *args, **kwargs)
     monkeypatch.setattr(e5np.model, "ENCODE_WINDOW", 4)
     monkeypatch.setattr(e5np.model, "encode_batch", tokenize_counted)
     monkeypatch.setattr(minilm, "_embed_encodings", embed_counted)
