@@ -366,7 +366,8 @@ def build_parser():
             p.add_argument("--input", "-i", help="file with one text per line, or .jsonl ('-' = stdin)")
         p.add_argument("--field", help="JSON lines: the field holding the text (default 'text')")
         p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
-        p.add_argument("--threads", type=int, help="batches embedded at once (default: one per core)")
+        p.add_argument("--threads", type=int,
+                       help="batches embedded at once (default: one per CPU this process may use)")
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     def prefix_options(p):
@@ -378,8 +379,9 @@ def build_parser():
 
     embed = sub.add_parser("embed", help="embed texts", description=(
         "Embed texts given as arguments, read from --input (one per line, blank lines too, so that output row i "
-        "is line i; or JSON lines with --field) or from stdin. Prints one JSON array per text, or writes --output as .npy or .jsonl (each text, or each input "
-        "record with all its fields, plus its \"embedding\"). Streams: any input size runs in bounded memory."))
+        "is line i; or JSON lines with --field) or from stdin. Prints one JSON array per text, or writes --output "
+        "as .npy or .jsonl (each text, or each input record with all its fields, plus its \"embedding\"). "
+        "Streams: any input size runs in bounded memory."))
     embed.add_argument("texts", nargs="*", help="texts to embed")
     model_option(embed)
     prefix_options(embed)
@@ -432,7 +434,7 @@ def build_parser():
     serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger requests get 413 (default 4 MiB)")
     serve.add_argument("--max-inputs", type=int, default=2048, help="more inputs per request get 413 (default 2048)")
     serve.add_argument("--threads", type=int, help="batches embedded at once, across all requests (default: one per "
-                                                   "core)")
+                                                   "CPU this process may use)")
     serve.add_argument("--idle-timeout", type=float, default=60,
                        help="seconds a connection may stay silent before it is closed (default 60)")
     serve.add_argument("--truncation", choices=["ignore", "error"], default="ignore",

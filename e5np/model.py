@@ -1,6 +1,5 @@
 """The e5np model object: load a checkpoint, tokenize, batch, run the encoder, pool, normalize."""
 
-import os
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -10,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import bert
-from .blas import use_one_blas_thread
+from .blas import available_cpus, use_one_blas_thread
 from .checkpoint import load_config, load_prompts, load_sentence_transformers_head, load_weights
 from .hub import resolve
 from .tokenizer import encode_batch, load_tokenizer, model_max_length, not_unicode, overflowing, pad, tokenize
@@ -166,7 +165,7 @@ class Model:
                  threads=None, pooling="mean", normalize=True, prefixes=None):
         check_options(pooling, normalize, prefixes, threads)
         self.params = params
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or available_cpus()
         self.pooling = pooling
         self.normalize = bool(normalize)
         self.prefixes = dict(prefixes or {})
@@ -308,7 +307,7 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
     pooling ("mean", "cls", "max", "mean_sqrt_len") and normalize default to the checkpoint's
     sentence-transformers modules.json, else E5's mean + L2. prefixes ({"query": ..., "passage": ...})
     default to the checkpoint's declared prompts, else E5's for E5 models, else none.
-    threads: batches encode() runs at once (default: the machine's cores).
+    threads: batches encode() runs at once (default: the CPUs this process may use, see blas.available_cpus).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
