@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 
 from .files import (CHUNK, CliError, EmbeddingWriter, IndexWriter, checked_arguments, chunks, iter_records, json_field,
-                    json_line, json_text, text_records)
-from .search import (META, REBUILD, load_index, passage_lines, passage_recipe, passages_at, read_meta, recipe_changes,
-                     replace_index, top_k, unfinished_rebuild, weights_identity)
+                    json_line, json_text, refuse_to_overwrite_input, text_records)
+from .search import (META, PASSAGES, REBUILD, VECTORS, load_index, passage_lines, passage_recipe, passages_at,
+                     read_meta, recipe_changes, replace_index, top_k, unfinished_rebuild, weights_identity)
 
 DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
 
@@ -70,6 +70,8 @@ def text_source(arguments, input_path, field=None, what="texts", keep_blank=Fals
 
 def cmd_embed(args):
     source = text_source(args.texts, args.input, args.field, keep_blank=True)   # row i of the output is line i
+    if args.output not in (None, "-"):
+        refuse_to_overwrite_input([args.output], None if args.texts else args.input or "-")
     model = load_model(args)
     embed_stream(choose_encoder(model, args), source, EmbeddingWriter(args.output, model.dim), args)
     return 0
@@ -105,6 +107,7 @@ def cmd_search_build(args):
         args.model = os.path.abspath(os.path.expanduser(args.model))
     continuing = args.resume or args.append                            # after the passages INDEX holds
     where, meta, replacing = build_target(args, out, resume_command)
+    refuse_to_overwrite_input([where / name for name in (VECTORS, PASSAGES, META)], args.corpus)  # (rebuild: allowed)
     args.model = args.model or DEFAULT_MODEL
     texts = iter_records(args.corpus, args.field)                      # a corpus that cannot be read stops it here
     if not args.resume:                    # so does a bad line in its first chunk: INDEX is changed only after it

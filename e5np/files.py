@@ -59,6 +59,29 @@ def checked_arguments(texts):
     return texts
 
 
+def refuse_to_overwrite_input(outputs, source):
+    """CliError when one of the files a command is about to write is the file its texts come from (source: a path,
+    "-" for stdin, None for texts given as arguments): opening it for writing would empty it before it was read
+    (`embed -i docs.jsonl -o docs.jsonl` left an empty docs.jsonl and exit status 0)."""
+    if source is None:
+        return
+    try:
+        read = os.fstat(sys.stdin.fileno()) if source == "-" else os.stat(source)
+    except (OSError, ValueError, AttributeError):                      # unreadable: iter_records says so
+        return
+    if not stat.S_ISREG(read.st_mode):
+        return
+    for output in outputs:
+        try:
+            same = os.path.samestat(read, os.stat(output))
+        except OSError:                                                # not there yet: a new file
+            continue
+        if same:
+            name = "stdin" if source == "-" else source
+            raise CliError(f"{output} is the file the texts are read from{'' if name == str(output) else f' ({name})'}: "
+                           "writing it would destroy it before it is read; write to another file")
+
+
 def text_records(texts):
     """(text, record) pairs, as iter_records gives, for texts given as command-line arguments."""
     return [(text, {"text": text}) for text in checked_arguments(texts)]

@@ -1,5 +1,6 @@
 """The CLI as a daily tool: files and JSON lines in, .npy / JSON lines out, streaming, search, similarity."""
 
+import os
 import json
 import re
 import signal
@@ -301,3 +302,38 @@ def test_ctrl_c_elsewhere_is_one_line_too(monkeypatch, capsys):
         pytest.fail("main() let KeyboardInterrupt through")
     assert status == 130
     assert capsys.readouterr().err == "e5np similarity: interrupted\n"
+
+
+def test_an_output_that_is_the_input_file_is_refused_before_it_is_emptied(tiny, tmp_path):
+    """`embed -i docs.jsonl -o docs.jsonl` (adding embeddings "in place") opened docs.jsonl for writing before
+    reading it: an empty file and exit status 0. The same for stdin redirected from the output, a symlink to it,
+    and a search build whose corpus is the passages.jsonl it is about to write."""
+    docs = tmp_path / "docs.jsonl"
+    content = "".join(json.dumps({"id": i, "text": text}) + "\n" for i, text in enumerate(CORPUS))
+    docs.write_text(content)
+    (tmp_path / "link.jsonl").symlink_to(docs)
+    for args, stdin in ((["-i", docs, "-o", docs], None), (["-o", docs], docs), (["-i", tmp_path / "link.jsonl",
+                                                                                  "-o", docs], None)):
+        with open(stdin or os.devnull) as f:
+            result = subprocess.run([sys.executable, "-m", "e5np", "embed", "-m", str(TINY_DIR), *map(str, args)],
+                                    stdin=f, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "is the file the texts are read from" in result.stderr, result.stderr
+        assert docs.read_text() == content
+
+    index = tmp_path / "index"                                         # the corpus copied where the index will be
+    index.mkdir()
+    (index / "passages.jsonl").write_text(content)
+    result = cli("search", "build", index / "passages.jsonl", index, "-m", TINY_DIR)
+    assert result.returncode == 2 and "is the file the texts are read from" in result.stderr, result.stderr
+    assert (index / "passages.jsonl").read_text() == content and not (index / "vectors.npy").exists()
+
+    built = tmp_path / "built"
+    assert cli("search", "build", docs, built, "-m", TINY_DIR).returncode == 0
+    before = {name: (built / name).read_bytes() for name in ("vectors.npy", "passages.jsonl", "index.json")}
+    result = cli("search", "build", "--append", built / "passages.jsonl", built)    # would read what it appends
+    assert result.returncode == 2 and "is the file the texts are read from" in result.stderr, result.stderr
+    assert {name: (built / name).read_bytes() for name in before} == before
+    rebuilt = cli("search", "build", built / "passages.jsonl", built, "-m", TINY_DIR)  # a rebuild from its passages
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    np.testing.assert_array_equal(np.load(built / "vectors.npy"), np.frombuffer(before["vectors.npy"][128:], "<f4")
+                                  .reshape(len(CORPUS), -1))
