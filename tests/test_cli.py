@@ -53,7 +53,7 @@ def test_embed_gives_one_vector_per_line_blank_lines_too(tiny, tmp_path):
     # line (texts cut from a spreadsheet column with empty cells, then joined back by position).
     # A lone carriage return inside a line does not end it (Python's default does; `wc -l` does not).
     lines = ["first", "", "third", "   ", "fifth\r", "", "a\rcarriage return", "last"]
-    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8", newline="")
+    (tmp_path / "in.txt").write_bytes(("\n".join(lines) + "\n").encode("utf-8"))      # (no newline translation)
     expected = tiny.encode([line.rstrip("\r") for line in lines])
     for args, stdin in ((["--input", tmp_path / "in.txt", "-o", tmp_path / "out.npy"], ""),
                         (["-o", tmp_path / "out.npy"], "\n".join(lines) + "\n")):
