@@ -288,6 +288,8 @@ ST_POOLING_MODES = {  # 1_Pooling/config.json flag -> e5np.bert.POOLINGS key
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
 }
 ST_UNSUPPORTED_MODES = ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken")
+# sentence-transformers 6 writes {"pooling_mode": "mean", "include_prompt": true, ...} instead of those flags
+ST6_POOLING_MODES = {"cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len_tokens": "mean_sqrt_len"}
 
 
 def load_sentence_transformers_head(directory):
@@ -337,11 +339,28 @@ def pooling_configs(directory):
 
 
 def _read_pooling(path):
+    """The e5np.bert.POOLINGS key a sentence-transformers Pooling config names, in either of its formats."""
     settings = read_json(path)
-    flags_set = sorted(flag for flag in (*ST_POOLING_MODES, *ST_UNSUPPORTED_MODES) if settings.get(flag))
-    if len(flags_set) != 1 or flags_set[0] not in ST_POOLING_MODES:
-        raise CheckpointError(f"{path}: e5np supports exactly one of {sorted(ST_POOLING_MODES)}; this sets {flags_set}")
-    return ST_POOLING_MODES[flags_set[0]]
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    if "pooling_mode" in settings:                                     # sentence-transformers >= 6
+        mode = settings["pooling_mode"]
+        mode = mode[0] if isinstance(mode, list) and len(mode) == 1 else mode    # ["mean"]: one mode, as a list
+        if not isinstance(mode, str) or mode not in ST6_POOLING_MODES:
+            raise CheckpointError(f"{path}: pooling_mode {mode!r} is not supported; e5np supports one of "
+                                  f"{sorted(ST6_POOLING_MODES)}")
+        mode = ST6_POOLING_MODES[mode]
+    else:                                                              # before: one pooling_mode_<mode>_... flag
+        flags_set = sorted(flag for flag in (*ST_POOLING_MODES, *ST_UNSUPPORTED_MODES) if settings.get(flag))
+        if len(flags_set) != 1 or flags_set[0] not in ST_POOLING_MODES:
+            raise CheckpointError(f"{path}: e5np supports exactly one of {sorted(ST_POOLING_MODES)}; "
+                                  f"this sets {flags_set}")
+        mode = ST_POOLING_MODES[flags_set[0]]
+    if settings.get("include_prompt") is False:
+        raise CheckpointError(f"{path}: include_prompt false is not supported: sentence-transformers then pools "
+                              "without the prompt's tokens (CLS pooling too takes the first token after it), e5np "
+                              "pools over every token of a text")
+    return mode
 
 
 def load_prompts(directory):

@@ -38,6 +38,37 @@ def test_every_pooling_mode_matches_sentence_transformers(checkpoint_dirs, st_re
     assert close(out, st_reference[f"embeddings_{mode}"])
 
 
+ST6_NAMES = {"cls": "cls", "mean": "mean", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens"}
+
+
+@pytest.mark.parametrize("mode", ST_MODES)
+def test_sentence_transformers_6_pooling_configs_are_read(checkpoint_dirs, st_reference, tmp_path, mode):
+    """sentence-transformers 6 saves {"embedding_dimension": ..., "pooling_mode": "mean", "include_prompt": true}
+    and its modules.json names sentence_transformers.sentence_transformer.modules.pooling.Pooling: every model it
+    saved was refused ("this sets []")."""
+    directory = tmp_path / mode
+    shutil.copytree(checkpoint_dirs["st-cls"], directory)
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"embedding_dimension": 32, "pooling_mode": ST6_NAMES[mode] if mode != "max" else [mode],
+         "include_prompt": True}))
+    (directory / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling",
+         "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"}]))
+    model = e5np.load(directory)
+    assert model.pooling == mode and model.normalize is False
+    assert close(model.encode(st_reference["texts"], truncation="ignore"), st_reference[f"embeddings_{mode}"])
+
+
+@pytest.mark.live
+def test_a_checkpoint_saved_by_the_installed_sentence_transformers_loads(checkpoint_dirs, tmp_path):
+    SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
+    texts = ["query: hello world", "a", "the cat sat on the mat " * 3]
+    SentenceTransformer(str(checkpoint_dirs["st-cls"]), device="cpu").save(str(tmp_path / "saved"))
+    want = SentenceTransformer(str(tmp_path / "saved"), device="cpu").encode(texts, convert_to_numpy=True)
+    assert close(e5np.load(tmp_path / "saved").encode(texts), want)
+
+
 def test_normalize_module_is_honoured(checkpoint_dirs, st_reference, tmp_path):
     directory = tmp_path / "st-mean-normalize"
     shutil.copytree(checkpoint_dirs["st-cls"], directory)
@@ -73,6 +104,15 @@ def test_explicit_arguments_override_the_checkpoint(checkpoint_dirs, st_referenc
     (lambda d: (d / "1_Pooling" / "config.json").write_text(json.dumps(
         {"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True})), ["exactly one", "pooling_mode_max_tokens"]),
     (lambda d: (d / "modules.json").write_text("{}"), ["modules.json", "expected a JSON list"]),
+    (lambda d: (d / "1_Pooling" / "config.json").write_text(json.dumps(    # the prompt's tokens left out of the mean
+        {"pooling_mode_mean_tokens": True, "include_prompt": False})), ["include_prompt false is not supported"]),
+    (lambda d: (d / "1_Pooling" / "config.json").write_text(json.dumps(    # sentence-transformers 6's format
+        {"embedding_dimension": 32, "pooling_mode": "cls", "include_prompt": False})), ["include_prompt false"]),
+    (lambda d: (d / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"embedding_dimension": 32, "pooling_mode": "lasttoken"})), ["pooling_mode 'lasttoken' is not supported"]),
+    (lambda d: (d / "1_Pooling" / "config.json").write_text(json.dumps(    # concatenated: a 64-dim vector
+        {"embedding_dimension": 32, "pooling_mode": ["cls", "mean"]})), ["pooling_mode ['cls', 'mean']"]),
+    (lambda d: (d / "1_Pooling" / "config.json").write_text("[]"), ["config.json: expected a JSON object"]),
 ])
 def test_unsupported_sentence_transformers_layouts(checkpoint_dirs, tmp_path, edit, words):
     directory = tmp_path / "st"
