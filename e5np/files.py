@@ -78,8 +78,9 @@ def refuse_to_overwrite_input(outputs, source):
             continue
         if same:
             name = "stdin" if source == "-" else source
-            raise CliError(f"{output} is the file the texts are read from{'' if name == str(output) else f' ({name})'}: "
-                           "writing it would destroy it before it is read; write to another file")
+            also = "" if name == str(output) else f" ({name})"
+            raise CliError(f"{output} is the file the texts are read from{also}: writing it would destroy it before "
+                           "it is read; write to another file")
 
 
 def text_records(texts):
