@@ -99,13 +99,15 @@ def parity_report(directory, texts, max_length, tolerance=1e-6):
     (also reported) to ~1e-14.
     """
     from .model import load
-    from .tokenizer import LowercasingTokenizer
+    from .tokenizer import lowercases_first
 
     model = load(directory, max_length=max_length)
     ours32 = model.forward(texts)
     ours64 = load(directory, max_length=max_length, dtype="float64").forward(texts)
-    if isinstance(model.tokenizer, LowercasingTokenizer):             # as sentence-transformers feeds transformers
-        texts = [text.lower() for text in texts]
+    if lowercases_first(directory):                                    # transformers' tokenizer does not: lowercased
+        from tokenizers.normalizers import Lowercase                   # as e5np's tokenizer does it
+
+        texts = [Lowercase().normalize_str(text) for text in texts]
     ref32 = transformers_forward(directory, texts, max_length=max_length)
     ref64 = transformers_forward(directory, texts, max_length=max_length, dtype="float64")
     if not np.array_equal(ours32.input_ids, ref32.input_ids):

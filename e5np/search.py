@@ -21,9 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import WEIGHTS_FILE
-from .tokenizer import LowercasingTokenizer, tokenizer_files
+from .tokenizer import lowercases_first, tokenizer_files
 
 VECTORS, PASSAGES, META = "vectors.npy", "passages.jsonl", "index.json"
+# How a do_lower_case checkpoint's texts are lowercased (see tokenizer.lowercases_first), as an index's recipe records
+# it. Earlier e5np recorded True there, for Python's str.lower, whose vectors differ on a word-final capital sigma.
+LOWERCASING = "Lowercase normalizer"
 REBUILD = ".rebuild"  # inside an index directory: the index that will replace it, while it is being built
 
 
@@ -83,7 +86,8 @@ def passage_recipe(model):
     the checkpoint's files were edited, or by an e5np that reads them otherwise (as when e5np came to take
     sentence-transformers' max_seq_length, 256 for all-MiniLM-L6-v2, over the tokenizer's 512)."""
     return {"max_length": model.max_length, "tokenizer_sha256": file_sha256(*tokenizer_files(model.directory)),
-            "lowercase": isinstance(model.tokenizer, LowercasingTokenizer), "prefix": model.prefixes.get("passage", ""),
+            "lowercase": LOWERCASING if lowercases_first(model.directory) else False,
+            "prefix": model.prefixes.get("passage", ""),
             "pooling": model.pooling, "normalize": model.normalize}
 
 

@@ -107,29 +107,33 @@ def load_tokenizer(directory, max_length):
     # transformers overrides both per call, and so do we.
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
-    st_config = Path(directory) / ST_CONFIG_FILE
-    if st_config.is_file() and read_json(st_config).get("do_lower_case") is True:
-        return LowercasingTokenizer(tokenizer)
+    if lowercases_first(directory) and not has_lowercase_step(read_json(path).get("normalizer")
+                                                              if path.name == TOKENIZER_FILE else None):
+        from tokenizers import normalizers
+
+        existing = tokenizer.normalizer
+        tokenizer.normalizer = (normalizers.Lowercase() if existing is None else
+                                normalizers.Sequence([normalizers.Lowercase(), existing]))
     return tokenizer
 
 
-class LowercasingTokenizer:
-    """A tokenizers.Tokenizer that lowercases each text first, with Python's str.lower, as sentence-transformers
-    does for a checkpoint whose sentence_bert_config.json sets do_lower_case (a cased vocabulary then sees only
-    lowercase text). tokenizers' own Lowercase normalizer maps character by character, and so differs on a
-    word-final capital sigma."""
+def lowercases_first(directory):
+    """Whether texts are lowercased before the checkpoint's own tokenizer sees them: sentence_bert_config.json's
+    do_lower_case, for a cased vocabulary that was meant to see lowercase text only.
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    As sentence-transformers 6 does it: a Lowercase normalizer put first in the tokenizer's own (unless that has one).
+    sentence-transformers 5 and earlier lowercased with Python's str.lower, which differs from it in one letter:
+    a word-final capital sigma becomes ς there, σ here."""
+    st_config = Path(directory) / ST_CONFIG_FILE
+    return st_config.is_file() and read_json(st_config).get("do_lower_case") is True
 
-    def encode(self, text):
-        return self.tokenizer.encode(text.lower())
 
-    def encode_batch(self, texts):
-        return self.tokenizer.encode_batch([text.lower() for text in texts])
-
-    def __getattr__(self, name):                                       # truncation, token_to_id, ...
-        return getattr(self.tokenizer, name)
+def has_lowercase_step(normalizer):
+    """Whether a tokenizer.json "normalizer" is Lowercase, or a Sequence holding one."""
+    if not isinstance(normalizer, dict):
+        return False
+    steps = normalizer.get("normalizers") if normalizer.get("type") == "Sequence" else [normalizer]
+    return any(isinstance(step, dict) and step.get("type") == "Lowercase" for step in steps or [])
 
 
 def pad(encodings, pad_id=0):

@@ -234,21 +234,45 @@ def lowercasing_xlmr(checkpoint_dirs, directory):
 LOWERCASE_TEXTS = ["Hello World", "ΟΔΥΣΣΕΥΣ sailed HOME", "İstanbul", "ǅ Title Case", "already lower"]
 
 
+def lowercased(texts):
+    """As sentence-transformers 6 lowercases for do_lower_case: tokenizers' Lowercase, letter by letter."""
+    from tokenizers.normalizers import Lowercase
+
+    return [Lowercase().normalize_str(text) for text in texts]
+
+
 def test_do_lower_case_lowercases_texts_as_sentence_transformers_does(checkpoint_dirs, tmp_path):
     lowering = e5np.load(lowercasing_xlmr(checkpoint_dirs, tmp_path / "model"))
     plain = e5np.load(checkpoint_dirs["xlmr"], pooling="mean", normalize=False, max_length=64)
-    lowered = [text.lower() for text in LOWERCASE_TEXTS]                 # Python's: a final sigma becomes ς
+    lowered = lowercased(LOWERCASE_TEXTS)
     assert lowering.tokenize(LOWERCASE_TEXTS).tokens == plain.tokenize(lowered).tokens
     np.testing.assert_array_equal(lowering.encode(LOWERCASE_TEXTS), plain.encode(lowered))
     assert not np.allclose(plain.encode(LOWERCASE_TEXTS[:1]), plain.encode(lowered[:1]))   # the vocabulary is cased
 
 
+def lowercasing_minilm(checkpoint_dirs, directory):
+    """all-MiniLM-L6-v2 with do_lower_case set: a vocabulary that holds both σ and ς (the XLM-R fixture's has neither)."""
+    shutil.copytree(checkpoint_dirs["minilm"], directory)
+    (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256, "do_lower_case": True}))
+    return directory
+
+
+def test_a_word_final_capital_sigma_is_lowercased_as_sentence_transformers_6_does(checkpoint_dirs, tmp_path):
+    """Python's str.lower (what sentence-transformers 5 used, and e5np did) makes a word-final Σ a final ς;
+    sentence-transformers 6 puts tokenizers' Lowercase first in the tokenizer, which makes every Σ a σ."""
+    lowering = e5np.load(lowercasing_minilm(checkpoint_dirs, tmp_path / "model"))
+    tokens = lowering.tokenize(["ΟΔΥΣΣΕΥΣ"]).tokens[0]
+    assert "".join(tokens).count("σ") == 3 and "ς" not in "".join(tokens), tokens
+    assert tokens == e5np.load(checkpoint_dirs["minilm"]).tokenize(["οδυσσευσ"]).tokens[0]
+
+
 @pytest.mark.live
-def test_do_lower_case_against_live_sentence_transformers(checkpoint_dirs, tmp_path):
+@pytest.mark.parametrize("make", [lowercasing_xlmr, lowercasing_minilm])
+def test_do_lower_case_against_live_sentence_transformers(checkpoint_dirs, tmp_path, make):
     SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
     from e5np.parity import parity_report
 
-    directory = lowercasing_xlmr(checkpoint_dirs, tmp_path / "model")
+    directory = make(checkpoint_dirs, tmp_path / "model")
     want = SentenceTransformer(str(directory), device="cpu").encode(LOWERCASE_TEXTS, convert_to_numpy=True)
     assert close(e5np.load(directory).encode(LOWERCASE_TEXTS), want)
     layers = [row for row in parity_report(directory, LOWERCASE_TEXTS, 64)["rows"] if row["stage"].startswith("layer")]
