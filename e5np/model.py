@@ -23,7 +23,7 @@ E5_NAME = re.compile(r"(^|[^a-z0-9])e5([^a-z0-9]|$)")  # intfloat/e5-small, mult
 # their model card uses for retrieval; prefixes={"query": ...} gives another task's.
 E5_INSTRUCT_PREFIXES = {"query": "Instruct: Given a web search query, retrieve relevant passages that answer the "
                                  "query\nQuery: ", "passage": ""}
-E5_INSTRUCT_NAME = re.compile(r"(^|[^a-z0-9])e5([^a-z0-9].*)?instruct")
+E5_INSTRUCT_NAME = re.compile(r"(^|[^a-z0-9])e5([^a-z0-9][^/]*)?instruct")  # in one path component
 DTYPES = {"float32": np.float32, "float64": np.float64}
 # Texts encode() tokenizes at a time. A tokenized text costs ~230 bytes a token (ids, offsets, token strings),
 # so 100,000 texts of ~110 tokens took 2.6 GB at once, and a million would not fit this 24 GB machine; 4,096
@@ -51,11 +51,11 @@ def as_text_list(texts):
     return texts, False
 
 
-def e5_prefixes(names):
+def e5_prefixes(*names):
     """E5's prefixes for a model whose names (hub id, directory) say it is an E5, the instruct ones' for an instruct
     E5, else none."""
     for pattern, prefixes in ((E5_INSTRUCT_NAME, E5_INSTRUCT_PREFIXES), (E5_NAME, E5_PREFIXES)):
-        if pattern.search(names):
+        if any(pattern.search(str(name).lower()) for name in names):
             return dict(prefixes)
     return {}
 
@@ -325,7 +325,7 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
 
     st_pooling, st_normalize = load_sentence_transformers_head(directory) or ("mean", True)
     if prefixes is None:
-        prefixes = load_prompts(directory) or e5_prefixes(f"{name_or_path} {directory}".lower())
+        prefixes = load_prompts(directory) or e5_prefixes(name_or_path, directory)
     return Model(params, config, tokenizer, max_length, DTYPES[dtype], name=str(name_or_path), directory=directory,
                  threads=threads, pooling=pooling or st_pooling,
                  normalize=st_normalize if normalize is None else normalize, prefixes=prefixes)

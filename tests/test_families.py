@@ -148,14 +148,16 @@ def test_e5_prefix_detection_by_name():
     from e5np.model import E5_INSTRUCT_PREFIXES, E5_PREFIXES, e5_prefixes
 
     for name in ("intfloat/e5-small", "intfloat/multilingual-e5-base", "intfloat/e5-large-v2",
-                 "/cache/models--intfloat--e5-small/snapshots/abc", "E5-small", "team/e5-base-finetuned"):
-        assert e5_prefixes(name.lower()) == E5_PREFIXES, name
+                 "/cache/models--intfloat--e5-small/snapshots/abc", "E5-small", "team/e5-base-finetuned",
+                 "/home/instructor/models/e5-small", "models/e5-small/instructions"):
+        assert e5_prefixes(name) == E5_PREFIXES, name
     for name in ("intfloat/multilingual-e5-large-instruct", "/cache/models--intfloat--multilingual-e5-large-instruct/"
-                 "snapshots/abc", "e5-instruct"):
-        assert e5_prefixes(name.lower()) == E5_INSTRUCT_PREFIXES, name
+                 "snapshots/abc", "e5-instruct", "Multilingual-E5-Large-Instruct"):
+        assert e5_prefixes(name) == E5_INSTRUCT_PREFIXES, name
     for name in ("BAAI/bge-small-en-v1.5", "sentence-transformers/all-MiniLM-L6-v2", "e5x", "le5-model",
                  "hkunlp/instructor-base"):
-        assert e5_prefixes(name.lower()) == {}, name
+        assert e5_prefixes(name) == {}, name
+    assert e5_prefixes("models/e5-small", "/home/instructor/models/e5-small") == E5_PREFIXES   # names apart
 
 
 def test_an_instruct_e5_gets_its_instruction_not_e5s_prefixes(checkpoint_dirs, tmp_path):
