@@ -364,10 +364,12 @@ def _read_pooling(path):
 
 
 def load_prompts(directory):
-    """Query/passage prompts declared in config_sentence_transformers.json, if any."""
+    """Query/passage prompts declared in config_sentence_transformers.json, if any. An empty prompt is no
+    declaration: sentence-transformers 6 saves {"query": "", "document": ""} for a model given none (an E5
+    fine-tuned and saved with it still wants E5's prefixes)."""
     path = Path(directory) / ST_PROMPTS_FILE
     prompts = read_json(path).get("prompts") if path.is_file() else None
     if not isinstance(prompts, dict):
         return {}
     found = {"query": prompts.get("query"), "passage": prompts.get("passage", prompts.get("document"))}
-    return {k: v for k, v in found.items() if isinstance(v, str)}
+    return {k: v for k, v in found.items() if isinstance(v, str) and v}

@@ -60,6 +60,23 @@ def test_other_models_get_no_prefix_unless_asked(minilm, checkpoint_dirs, tmp_pa
     (declared / "config_sentence_transformers.json").write_text(
         json.dumps({"prompts": {"query": "search_query: ", "document": "search_document: "}}))
     assert e5np.load(declared).prefixes == {"query": "search_query: ", "passage": "search_document: "}
+    (declared / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "search_query: ", "document": ""}}))
+    assert e5np.load(declared).prefixes == {"query": "search_query: "}
+
+
+def test_empty_prompts_as_sentence_transformers_6_saves_them_declare_nothing(checkpoint_dirs, tmp_path):
+    """sentence-transformers 6 writes {"query": "", "document": ""} for a model given no prompts: an E5 fine-tuned
+    and saved with it lost E5's prefixes (an empty prompt counted as a declaration)."""
+    import json
+    import shutil
+
+    for name, prefixes in (("my-e5-small-finetuned", {"query": "query: ", "passage": "passage: "}), ("other", {})):
+        directory = tmp_path / name
+        shutil.copytree(checkpoint_dirs["tiny"], directory)
+        (directory / "config_sentence_transformers.json").write_text(
+            json.dumps({"prompts": {"query": "", "document": ""}, "default_prompt_name": None}))
+        assert e5np.load(directory).prefixes == prefixes
 
 
 def test_normalize_false_returns_the_mean_pooled_vector(minilm):
