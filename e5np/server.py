@@ -52,7 +52,8 @@ def parse_request(body, max_inputs):
                                     f"offset {where[0]}", param="input")
     if len(texts) > max_inputs:
         raise RequestError(413, f"'input' has {len(texts)} items; the limit is {max_inputs}", param="input")
-    encoding = request.get("encoding_format", "float")
+    encoding = request.get("encoding_format")
+    encoding = "float" if encoding is None else encoding               # null, as some clients send it: the default
     if encoding not in ("float", "base64"):
         raise RequestError(400, "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
     if "dimensions" in request and request["dimensions"] is not None:

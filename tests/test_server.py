@@ -58,6 +58,14 @@ def test_base64_encoding_raw(server, tiny):
                                   tiny.encode(["a", "b c"]))
 
 
+def test_null_options_are_the_defaults(server, tiny):
+    """Clients that serialize every field send "encoding_format": null; it was refused as not 'float' or 'base64'."""
+    status, body = request(server, "POST", "/v1/embeddings", {"input": ["a"], "encoding_format": None,
+                                                             "dimensions": None, "user": None, "model": None})
+    assert status == 200, body
+    np.testing.assert_allclose(body["data"][0]["embedding"], tiny.encode("a"), atol=1e-7)
+
+
 def test_health_and_models(server):
     assert request(server, "GET", "/health") == (200, {"status": "ok", "model": "tiny-bert", "dim": 32})
     status, body = request(server, "GET", "/v1/models")
