@@ -356,9 +356,24 @@ def cmd_parity(args):
     return 0 if report["passed"] else 1
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """A command's parser that takes its positional arguments among its options, as `e5np search query INDEX -k 3
+    "a query"` and `e5np embed "a text" -m MODEL "another"` give them: plain argparse fills a list of positionals from
+    the first run of them only, and refused the rest ("unrecognized arguments")."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._subparsers is not None or getattr(self, "_intermixing", False):   # (intermixed parsing calls this)
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="e5np", description="E5 / BERT sentence embeddings in pure NumPy.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=IntermixedParser)
 
     def model_option(p, default=DEFAULT_MODEL, default_text=None):
         default_text = default_text or default or "the one the index was built with"
@@ -385,7 +400,7 @@ def build_parser():
         "is line i; or JSON lines with --field) or from stdin. Prints one JSON array per text, or writes --output "
         "as .npy or .jsonl (each text, or each input record with all its fields, plus its \"embedding\"). "
         "Streams: any input size runs in bounded memory."))
-    embed.add_argument("texts", nargs="*", help="texts to embed")
+    embed.add_argument("texts", nargs="*", default=[], help="texts to embed")
     model_option(embed)
     prefix_options(embed)
     encoding_options(embed)
@@ -395,7 +410,7 @@ def build_parser():
     search = sub.add_parser("search", help="build a search index, or query one", description=(
         "Exact semantic search: `search build CORPUS INDEX` embeds a corpus (text or JSON lines) as passages; "
         "`search query INDEX QUERY...` prints the top-k passages by cosine similarity."))
-    search_sub = search.add_subparsers(dest="action", required=True, metavar="ACTION")
+    search_sub = search.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=IntermixedParser)
     build = search_sub.add_parser("build", help="embed a corpus into an index directory")
     build.add_argument("corpus", help="text file (one passage per line; blank lines skipped) or .jsonl ('-' = stdin)")
     build.add_argument("index", help="directory to write vectors.npy, passages.jsonl, index.json into (an index "
@@ -413,7 +428,7 @@ def build_parser():
     build.set_defaults(run=cmd_search_build)
     query = search_sub.add_parser("query", help="top-k passages for queries")
     query.add_argument("index", help="an index directory made by `e5np search build`")
-    query.add_argument("queries", nargs="*", help="queries (else --input or stdin, one per line)")
+    query.add_argument("queries", nargs="*", default=[], help="queries (else --input or stdin, one per line)")
     model_option(query, default=None)
     query.add_argument("--input", "-i", help="file with one query per line, or .jsonl ('-' = stdin)")
     query.add_argument("--field", help="JSON lines: the field holding the query (default 'text')")

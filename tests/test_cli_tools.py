@@ -337,3 +337,30 @@ def test_an_output_that_is_the_input_file_is_refused_before_it_is_emptied(tiny, 
     assert rebuilt.returncode == 0, rebuilt.stderr
     np.testing.assert_array_equal(np.load(built / "vectors.npy"), np.frombuffer(before["vectors.npy"][128:], "<f4")
                                   .reshape(len(CORPUS), -1))
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["embed", "a", "-m", "M", "b"], {"texts": ["a", "b"], "model": "M"}),
+    (["search", "query", "idx", "-k", "1", "hello", "--json", "world"],
+     {"index": "idx", "queries": ["hello", "world"], "top_k": 1, "json": True}),
+    (["similarity", "a", "--query", "b"], {"text_a": "a", "text_b": "b", "query": True}),
+    (["search", "build", "c.txt", "--resume", "-m", "M", "ix"], {"corpus": "c.txt", "index": "ix", "resume": True}),
+    (["embed", "-i", "f.txt"], {"texts": [], "input": "f.txt"}),
+])
+def test_positional_arguments_may_come_after_options(argv, expected):
+    """`e5np search query INDEX -k 3 "a query"` was refused ("unrecognized arguments: a query"): argparse fills a list
+    of positionals from their first run only."""
+    from e5np import cli
+
+    args = vars(cli.build_parser().parse_args(argv))
+    assert {key: args[key] for key in expected} == expected
+
+
+def test_a_query_after_the_options_end_to_end(tiny, tmp_path):
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n")
+    assert cli("search", "build", tmp_path / "corpus.txt", tmp_path / "index", "-m", TINY_DIR).returncode == 0
+    result = cli("search", "query", tmp_path / "index", "-k", "1", "bamboo", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["query"] == "bamboo"
+    missing = cli("search", "query")
+    assert missing.returncode == 2 and "required: index\n" in missing.stderr      # (queries may come from stdin)
