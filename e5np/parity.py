@@ -39,9 +39,27 @@ def average_pool(last_hidden_states, attention_mask):
     return last_hidden.sum(dim=1) / attention_mask.sum(dim=1)[..., None]
 
 
-def transformers_forward(directory, texts, max_length, dtype="float32", output_attentions=False):
-    """transformers' model (BertModel / XLMRobertaModel, eager attention) + E5's average_pool + F.normalize
-    on `texts`, one padded batch."""
+def cls_pool(last_hidden_states, attention_mask):
+    return last_hidden_states[:, 0]
+
+
+def max_pool(last_hidden_states, attention_mask):
+    """sentence-transformers' max pooling: padding set to -1e9, then the largest value of each feature."""
+    return last_hidden_states.masked_fill(~attention_mask[..., None].bool(), -1e9).max(dim=1).values
+
+
+def mean_sqrt_len_pool(last_hidden_states, attention_mask):
+    """The real tokens' sum over the square root of their number."""
+    last_hidden = last_hidden_states.masked_fill(~attention_mask[..., None].bool(), 0.0)
+    return last_hidden.sum(dim=1) / attention_mask.sum(dim=1)[..., None].to(last_hidden.dtype).sqrt()
+
+
+REFERENCE_POOLINGS = {"mean": average_pool, "cls": cls_pool, "max": max_pool, "mean_sqrt_len": mean_sqrt_len_pool}
+
+
+def transformers_forward(directory, texts, max_length, dtype="float32", output_attentions=False, pooling="mean"):
+    """transformers' model (BertModel / XLMRobertaModel, eager attention) + a pooling written in torch (E5's
+    average_pool by default) + F.normalize on `texts`, one padded batch."""
     torch, transformers = import_reference_stack()
     transformers.logging.set_verbosity_error()  # its load report and progress bars would drown the output
     transformers.logging.disable_progress_bar()
@@ -56,7 +74,7 @@ def transformers_forward(directory, texts, max_length, dtype="float32", output_a
     with torch.inference_mode():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     output_hidden_states=True, output_attentions=output_attentions)
-        pooled = average_pool(out.last_hidden_state, batch["attention_mask"])
+        pooled = REFERENCE_POOLINGS[pooling](out.last_hidden_state, batch["attention_mask"])
         embeddings = torch.nn.functional.normalize(pooled, p=2, dim=1)
     return Reference(
         input_ids=batch["input_ids"].numpy(),
@@ -94,10 +112,12 @@ def compare(ours, theirs):
 def parity_report(directory, texts, max_length, tolerance=1e-6):
     """e5np vs transformers on one padded batch, stage by stage, each engine also against float64 truth.
 
-    Rows: the embedding layer's output, every encoder layer (real tokens only), the mean-pooled and the
-    normalized vectors. Ground truth is e5np in float64, which agrees with transformers in float64
-    (also reported) to ~1e-14.
+    Rows: the embedding layer's output, every encoder layer (real tokens only), the pooled vectors (the model's
+    pooling: E5's mean, or what its sentence-transformers config says) and those L2-normalized (whether or not
+    the model normalizes its output: the parity bar is for unit vectors). Ground truth is e5np in float64, which
+    agrees with transformers in float64 (also reported) to ~1e-14.
     """
+    from .bert import l2_normalize
     from .model import load
     from .tokenizer import lowercases_first
 
@@ -108,8 +128,8 @@ def parity_report(directory, texts, max_length, tolerance=1e-6):
         from tokenizers.normalizers import Lowercase                   # as e5np's tokenizer does it
 
         texts = [Lowercase().normalize_str(text) for text in texts]
-    ref32 = transformers_forward(directory, texts, max_length=max_length)
-    ref64 = transformers_forward(directory, texts, max_length=max_length, dtype="float64")
+    ref32 = transformers_forward(directory, texts, max_length=max_length, pooling=model.pooling)
+    ref64 = transformers_forward(directory, texts, max_length=max_length, dtype="float64", pooling=model.pooling)
     if not np.array_equal(ours32.input_ids, ref32.input_ids):
         raise AssertionError("e5np and transformers tokenized the texts differently")
     real = ours32.attention_mask.astype(bool)
@@ -117,7 +137,8 @@ def parity_report(directory, texts, max_length, tolerance=1e-6):
     def stages(forward):
         named = [("embeddings", forward.hidden_states[0][real])]
         named += [(f"layer {i}", h[real]) for i, h in enumerate(forward.hidden_states[1:], 1)]
-        return named + [("pooled", forward.pooled), ("normalized", forward.embeddings)]
+        normalized = forward.embeddings if isinstance(forward, Reference) else l2_normalize(forward.pooled)
+        return named + [("pooled", forward.pooled), ("normalized", normalized)]
 
     rows = []
     for (name, a32), (_, t32), (_, a64), (_, t64) in zip(stages(ours32), stages(ref32), stages(ours64), stages(ref64)):

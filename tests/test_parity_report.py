@@ -49,3 +49,20 @@ def test_without_torch_names_the_extra():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert 'pip install "e5np[parity]"' in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("mode", ["cls", "max", "mean_sqrt_len"])
+def test_the_reference_pools_as_the_checkpoint_says(checkpoint_dirs, tmp_path, mode):
+    """The reference side pooled with E5's mean whatever the checkpoint said: `e5np parity` on a CLS-pooled model
+    (BAAI/bge-small, the st-cls fixture) reported FAIL, normalized max-abs 1.89, comparing CLS with mean vectors."""
+    import shutil
+
+    directory = tmp_path / mode
+    shutil.copytree(checkpoint_dirs["st-cls"], directory)               # CLS pooling, no Normalize module
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": {
+        "cls": "cls", "max": "max", "mean_sqrt_len": "mean_sqrt_len_tokens"}[mode]}))
+    report = parity_report(directory, DEFAULT_TEXTS, 128)
+    assert report["passed"] and report["normalized_max_abs"] <= 1e-6, report["rows"][-2:]
+    pooled = next(row for row in report["rows"] if row["stage"] == "pooled")
+    assert pooled["max_rel"] <= 1e-6 and pooled["e5np_f64_vs_transformers_f64"] <= 1e-10, pooled
