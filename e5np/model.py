@@ -1,5 +1,6 @@
 """The e5np model object: load a checkpoint, tokenize, batch, run the encoder, pool, normalize."""
 
+import numbers
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -60,10 +61,18 @@ def e5_prefixes(*names):
     return {}
 
 
+def integer(value):
+    """value as an int if it is an integer (a NumPy one too), else None: a bool is not one, nor is 2.0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        return None
+    return int(value)
+
+
 def check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    number = integer(value)
+    if number is None or number < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return number
 
 
 def check_flag(name, value):
@@ -165,7 +174,7 @@ class Model:
                  threads=None, pooling="mean", normalize=True, prefixes=None):
         check_options(pooling, normalize, prefixes, threads)
         self.params = params
-        self.threads = threads or available_cpus()
+        self.threads = int(threads) if threads else available_cpus()
         self.pooling = pooling
         self.normalize = bool(normalize)
         self.prefixes = dict(prefixes or {})
@@ -213,7 +222,7 @@ class Model:
         show_progress_bar: a tqdm bar on stderr counting the texts embedded, batch by batch.
         """
         texts, single = as_text_list(texts)
-        check_positive_int("batch_size", batch_size)
+        batch_size = check_positive_int("batch_size", batch_size)
         if truncation not in ("warn", "ignore", "error"):
             raise ValueError(f"truncation must be 'warn', 'ignore' or 'error', got {truncation!r}")
         threads = self.threads if threads is None else check_positive_int("threads", threads)
@@ -318,8 +327,9 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
     limit = model_max_length(directory, config.max_tokens)
     if max_length is None:
         max_length = limit
-    elif not isinstance(max_length, int) or not 1 < max_length <= config.max_tokens:
+    elif integer(max_length) is None or not 1 < max_length <= config.max_tokens:
         raise ValueError(f"max_length must be an integer from 2 to {config.max_tokens}, got {max_length!r}")
+    max_length = int(max_length)
     params = load_weights(directory, config, DTYPES[dtype])
     tokenizer = load_tokenizer(directory, max_length)
 

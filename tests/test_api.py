@@ -147,6 +147,18 @@ def test_load_checks_its_arguments_before_reading_weights(tiny, monkeypatch, arg
         e5np.load(tiny.name, **{argument: value})
 
 
+def test_numpy_integers_are_integers(tiny):
+    """batch_size=np.int64(8) (a value read from an array or a config) was refused: "must be a positive integer, got
+    np.int64(8)"; likewise threads and max_length."""
+    model = e5np.load(tiny.name, max_length=np.int64(64), threads=np.int32(2))
+    assert (model.max_length, model.threads) == (64, 2) and type(model.max_length) is type(model.threads) is int
+    texts = ["a short text", "another one, a little longer than that"]
+    assert_same_vectors(tiny.encode(texts, batch_size=np.int64(1), threads=np.uint8(1)), tiny.encode(texts))
+    for not_an_integer in (2.0, np.float32(2), np.bool_(True), "8"):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            tiny.encode(texts, batch_size=not_an_integer)
+
+
 def test_progress_bar_counts_the_texts_embedded_and_is_off_by_default(tiny, capsys):
     texts = [f"text {i} " + "word " * (i % 50) for i in range(300)]
     for threads in (1, 2):
