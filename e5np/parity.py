@@ -134,14 +134,15 @@ def parity_report(directory, texts, max_length, tolerance=1e-6):
         raise AssertionError("e5np and transformers tokenized the texts differently")
     real = ours32.attention_mask.astype(bool)
 
-    def stages(forward):
+    def stages(forward, normalized):
         named = [("embeddings", forward.hidden_states[0][real])]
         named += [(f"layer {i}", h[real]) for i, h in enumerate(forward.hidden_states[1:], 1)]
-        normalized = forward.embeddings if isinstance(forward, Reference) else l2_normalize(forward.pooled)
         return named + [("pooled", forward.pooled), ("normalized", normalized)]
 
+    ours32_stages, ours64_stages = (stages(f, l2_normalize(f.pooled)) for f in (ours32, ours64))  # (normalizing or not)
+    ref32_stages, ref64_stages = (stages(f, f.embeddings) for f in (ref32, ref64))
     rows = []
-    for (name, a32), (_, t32), (_, a64), (_, t64) in zip(stages(ours32), stages(ref32), stages(ours64), stages(ref64)):
+    for (name, a32), (_, t32), (_, a64), (_, t64) in zip(ours32_stages, ref32_stages, ours64_stages, ref64_stages):
         max_abs, max_rel = compare(a32, t32)
         rows.append({"stage": name, "max_abs": max_abs, "max_rel": max_rel,
                      "e5np_vs_f64": compare(a32, a64)[0], "transformers_vs_f64": compare(t32, a64)[0],
