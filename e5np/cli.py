@@ -3,6 +3,7 @@ e5np/files.py's."""
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -13,8 +14,8 @@ from pathlib import Path
 
 from .files import (CHUNK, CliError, EmbeddingWriter, IndexWriter, checked_arguments, chunks, iter_records, json_field,
                     json_line, json_text, refuse_to_overwrite_input, text_records)
-from .search import (META, PASSAGES, REBUILD, VECTORS, load_index, passage_lines, passage_recipe, passages_at,
-                     read_meta, recipe_changes, replace_index, top_k, unfinished_rebuild, weights_identity)
+from .search import (META, PASSAGES, REBUILD, VECTORS, embed_passages, load_index, passage_lines, passage_recipe,
+                     passages_at, read_meta, recipe_changes, replace_index, top_k, unfinished_rebuild, weights_identity)
 
 DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
 
@@ -137,7 +138,7 @@ def cmd_search_build(args):
             with contextlib.suppress(CliError):
                 writer.close(complete=False)
             raise
-    embed_stream(model.encode_passages, texts, writer, args)
+    embed_stream(functools.partial(embed_passages, model), texts, writer, args)
     if replacing:
         try:
             replace_index(where, out)
@@ -284,10 +285,13 @@ def search_query(args, vectors, meta, passages_file):
     if built_with and weights_identity(model.directory, built_with)["sha256"] != built_with["sha256"]:
         print(f"e5np search: warning: {args.model} is not the model {args.index} was built with (its weights' "
               f"sha256 differs): the scores compare two models' vectors", file=sys.stderr)
-    if changes := recipe_changes(meta.get("recipe", {}), passage_recipe(model)):
+    recorded = dict(meta.get("recipe", {}))
+    unit_rows = recorded.pop("normalize", True)                        # false: a model's raw vectors, see top_k
+    if changes := recipe_changes(recorded, passage_recipe(model)):
         print(f"e5np search: warning: {args.model} now embeds texts otherwise than it did for {args.index} "
               f"({changes}): the scores compare two kinds of vectors", file=sys.stderr)
-    indices, scores = top_k(vectors, model.encode_queries(queries), args.top_k)
+    query_vectors = model.encode_queries(queries, normalize=True)      # scores are cosines, whatever the model does
+    indices, scores = top_k(vectors, query_vectors, args.top_k, unit_rows=unit_rows is not False)
     field = meta.get("field")                                          # JSON lines: the record goes with its text
     try:
         passages = passages_at(passages_file, indices.ravel().tolist(), len(vectors), complete, field or "text")
@@ -313,7 +317,7 @@ def search_query(args, vectors, meta, passages_file):
 def cmd_similarity(args):
     texts = checked_arguments([args.text_a, args.text_b])
     model = load_model(args)
-    a, b = choose_encoder(model, args)(texts)
+    a, b = choose_encoder(model, args)(texts, normalize=True)       # unit vectors whether or not the model normalizes
     print(f"{float(a @ b):.6f}")
     return 0
 

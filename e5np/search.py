@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bert import l2_normalize
 from .checkpoint import WEIGHTS_FILE
 from .tokenizer import lowercases_first, tokenizer_files
 
@@ -30,13 +31,14 @@ LOWERCASING = "Lowercase normalizer"
 REBUILD = ".rebuild"  # inside an index directory: the index that will replace it, while it is being built
 
 
-def top_k(vectors, queries, k, chunk_rows=None, block_scores=1 << 20):
+def top_k(vectors, queries, k, chunk_rows=None, block_scores=1 << 20, unit_rows=True):
     """Indices and cosine scores of the k best rows of `vectors` for each query, best first.
 
-    vectors [n, H] (may be a memory map), queries [q, H], both L2-normalized. The vectors are read
-    chunk_rows at a time (default: 65,536, fewer when there are many queries, so that a chunk's [q, chunk]
-    block of scores stays within block_scores numbers): a million vectors, or a file of queries, need no
-    million-sized intermediate.
+    vectors [n, H] (may be a memory map), queries [q, H] L2-normalized; so are the vectors unless unit_rows is
+    false (an index built by an e5np that stored a non-normalizing model's vectors as they came): then each chunk
+    is normalized as it is read. The vectors are read chunk_rows at a time (default: 65,536, fewer when there are
+    many queries, so that a chunk's [q, chunk] block of scores stays within block_scores numbers): a million
+    vectors, or a file of queries, need no million-sized intermediate.
     """
     n, q = len(vectors), len(queries)
     k = min(k, n)
@@ -45,6 +47,8 @@ def top_k(vectors, queries, k, chunk_rows=None, block_scores=1 << 20):
     best_index = np.zeros((q, 0), dtype=np.int64)
     for start in range(0, n, chunk_rows):
         block = np.asarray(vectors[start:start + chunk_rows], dtype=np.float32)   # [chunk, H]
+        if not unit_rows:
+            block = l2_normalize(block)                                            # a copy: the map is read-only
         scores = np.concatenate([best_scores, queries @ block.T], axis=1)          # [q, kept + chunk]
         rows = np.arange(start, start + len(block))
         index = np.concatenate([best_index, np.broadcast_to(rows, (q, len(rows)))], axis=1)
@@ -79,16 +83,25 @@ def file_sha256(*paths):
     return digest.hexdigest()
 
 
+def embed_passages(model, texts, **options):
+    """The vectors an index stores for passages: the model's passage prefix added, and L2-normalized whether or
+    not the model normalizes (a sentence-transformers model without a Normalize module), so that a score is a
+    cosine as `search query` says, not a dot product that favours long vectors."""
+    return model.encode_passages(texts, normalize=True, **options)
+
+
 def passage_recipe(model):
-    """What besides the weights decides the vector model.encode_passages gives a text: the token limit, the
-    tokenizer (its files' sha256) and whether texts are lowercased before it, the prefix, the pooling, the
-    normalizing. index.json records it, so that an index is not continued with vectors made another way: after
+    """What besides the weights decides the vector embed_passages gives a text: the token limit, the
+    tokenizer (its files' sha256) and whether texts are lowercased before it, the prefix, the pooling, and that
+    the vectors are normalized (always, now: earlier e5np stored a non-normalizing model's vectors as they came,
+    and recorded normalize false). index.json records it, so that an index is not continued with vectors made
+    another way: after
     the checkpoint's files were edited, or by an e5np that reads them otherwise (as when e5np came to take
     sentence-transformers' max_seq_length, 256 for all-MiniLM-L6-v2, over the tokenizer's 512)."""
     return {"max_length": model.max_length, "tokenizer_sha256": file_sha256(*tokenizer_files(model.directory)),
             "lowercase": LOWERCASING if lowercases_first(model.directory) else False,
             "prefix": model.prefixes.get("passage", ""),
-            "pooling": model.pooling, "normalize": model.normalize}
+            "pooling": model.pooling, "normalize": True}
 
 
 def recipe_changes(recorded, recipe):

@@ -3,6 +3,7 @@
 import os
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 import e5np
-from tests.checkpoints import TINY_DIR
+from tests.checkpoints import FIXTURES, TINY_DIR
 
 CORPUS = ["The Eiffel Tower is in Paris.", "Pandas eat bamboo.", "Python is a programming language.",
           "Paris is the capital of France.", "the cat sat on the mat"]
@@ -122,6 +123,67 @@ def test_search_build_and_query(tiny, tmp_path):
     plain = cli("search", "query", tmp_path / "index", "bamboo", "-k", "1")
     assert plain.returncode == 0 and plain.stdout.startswith("query: bamboo\n    1. ")
 
+
+
+@pytest.fixture
+def unnormalized(tmp_path):
+    """A sentence-transformers checkpoint with no Normalize module, max-pooled: its
+    vectors' lengths differ (6.5 to 7.2 on CORPUS), so a dot product ranks them otherwise than a cosine does."""
+    directory = tmp_path / "unnormalized"
+    shutil.copytree(FIXTURES / "st-cls", directory)
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "max"}))
+    return directory
+
+
+def cosines(a, b):
+    return (a / np.linalg.norm(a, axis=-1, keepdims=True)) @ (b / np.linalg.norm(b, axis=-1, keepdims=True)).T
+
+
+def test_similarity_is_a_cosine_when_the_model_does_not_normalize(unnormalized):
+    """It printed the dot product (30.5 for the CLS-pooled fixture, whose vectors are 5.7 long) as the cosine."""
+    model = e5np.load(unnormalized)
+    assert not model.normalize
+    result = cli("similarity", "-m", unnormalized, "a cat", "a kitten")
+    assert result.returncode == 0, result.stderr
+    a, b = model.encode(["a cat", "a kitten"])
+    assert abs(float(result.stdout) - cosines(a, b)) < 1e-6 and abs(float(a @ b) - cosines(a, b)) > 1
+
+
+def test_search_ranks_by_cosine_when_the_model_does_not_normalize(unnormalized, tmp_path):
+    """The index stored the model's raw vectors and ranked by dot product: "bamboo" found the longest vector
+    ("Python is a programming language.", 7.17), not "Pandas eat bamboo." (6.70), and its "cosine" scores were ~40."""
+    model = e5np.load(unnormalized)
+    (tmp_path / "corpus.txt").write_text("\n".join(CORPUS) + "\n")
+    index = tmp_path / "index"
+    built = cli("search", "build", tmp_path / "corpus.txt", index, "-m", unnormalized)
+    assert built.returncode == 0, built.stderr
+    raw = model.encode_passages(CORPUS)
+    np.testing.assert_allclose(np.load(index / "vectors.npy"), raw / np.linalg.norm(raw, axis=1, keepdims=True),
+                               atol=1e-7)                                                 # unit rows
+    assert json.loads((index / "index.json").read_text())["recipe"]["normalize"] is True
+
+    def search(*args):
+        result = cli("search", "query", index, "bamboo", "-k", "5", "--json", *args)
+        assert result.returncode == 0, result.stderr
+        return [h["index"] for h in json.loads(result.stdout)["results"]], [h["score"] for h in json.loads(
+            result.stdout)["results"]], result.stderr
+
+    expected = cosines(model.encode_queries("bamboo"), raw)
+    hits, scores, _ = search()
+    assert hits == np.argsort(-expected).tolist() and hits[0] == 1                     # "Pandas eat bamboo."
+    assert np.argmax(raw @ model.encode_queries("bamboo")) != 1                         # the dot product's pick
+    np.testing.assert_allclose(scores, np.sort(expected)[::-1], atol=1e-6)
+
+    # An index an earlier e5np built: the raw vectors, its recipe saying normalize false. Queries still get cosines
+    # (and no warning: nothing is wrong with the index), but adding unit vectors to it is refused.
+    np.save(index / "vectors.npy", raw)
+    meta = json.loads((index / "index.json").read_text())
+    meta["recipe"]["normalize"] = False
+    (index / "index.json").write_text(json.dumps(meta))
+    old_hits, old_scores, warnings = search()
+    assert old_hits == hits and warnings == "" and np.allclose(old_scores, scores, atol=1e-6)
+    appended = cli("search", "build", "--append", tmp_path / "corpus.txt", index)
+    assert appended.returncode == 2 and "(normalize False then, True now)" in appended.stderr, appended.stderr
 
 
 def test_a_corpus_of_blank_lines_makes_an_empty_index_that_says_so(tmp_path):

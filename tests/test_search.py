@@ -45,3 +45,21 @@ def test_many_queries_keep_the_score_block_small():
         tracemalloc.stop()
     assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MB"
     np.testing.assert_array_equal(index[:5], np.argsort(-(queries[:5] @ vectors.T), axis=1, kind="stable")[:, :3])
+
+
+def test_top_k_normalizes_rows_that_are_not_unit(tmp_path):
+    """An index an earlier e5np built from a non-normalizing model holds raw vectors: unit_rows=False ranks them by
+    cosine (the same hits and scores as their unit rows give), where a dot product favours the longest vectors."""
+    rng = np.random.RandomState(7)
+    unit = rng.standard_normal((500, 16)).astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    raw = unit * rng.uniform(0.1, 30, (500, 1)).astype(np.float32)      # lengths 0.1 to 30
+    np.save(tmp_path / "raw.npy", raw)
+    mapped = np.load(tmp_path / "raw.npy", mmap_mode="r")               # read-only: normalized as a copy
+    queries = unit[[3, 99]] + 0.2 * rng.standard_normal((2, 16)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    expected_index, expected_scores = top_k(unit, queries, 10)
+    index, scores = top_k(mapped, queries, 10, chunk_rows=64, unit_rows=False)
+    np.testing.assert_array_equal(index, expected_index)
+    np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=1e-6)
+    assert not np.array_equal(top_k(raw, queries, 10)[0], expected_index)  # what a dot product would have ranked
