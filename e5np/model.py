@@ -333,7 +333,13 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
     params = load_weights(directory, config, DTYPES[dtype])
     tokenizer = load_tokenizer(directory, max_length)
 
-    st_pooling, st_normalize = load_sentence_transformers_head(directory) or ("mean", True)
+    head = load_sentence_transformers_head(directory)
+    st_pooling, st_normalize = head or ("mean", True)
+    if head and not st_normalize and e5_prefixes(name_or_path, directory):
+        # E5 is trained and evaluated on unit vectors: its model cards normalize after pooling (F.normalize in the
+        # transformers example, encode(..., normalize_embeddings=True) in the sentence-transformers one, as a
+        # modules.json without Normalize needs). E5's vectors are unit vectors whatever modules.json says.
+        st_normalize = True
     if prefixes is None:
         prefixes = load_prompts(directory) or e5_prefixes(name_or_path, directory)
     return Model(params, config, tokenizer, max_length, DTYPES[dtype], name=str(name_or_path), directory=directory,

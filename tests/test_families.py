@@ -84,6 +84,27 @@ def test_normalize_module_is_honoured(checkpoint_dirs, st_reference, tmp_path):
     assert np.abs(out - st_reference["embeddings_mean_normalize"]).max() <= 1e-6
 
 
+@pytest.mark.parametrize("name, normalizes", [("e5-small-v2", True), ("multilingual-e5-large-instruct", True),
+                                              ("my-bert", False)])
+def test_modules_json_without_normalize_still_normalizes_an_e5(checkpoint_dirs, st_reference, tmp_path, name,
+                                                                     normalizes):
+    """An E5 whose modules.json has Transformer and mean Pooling but no Normalize (E5's model cards normalize anyway:
+    F.normalize after average_pool; sentence-transformers' encode(..., normalize_embeddings=True)) gave vectors that
+    were not unit vectors. Another model without Normalize still gives its raw vectors. (The test's name keeps "e5"
+    past the 30 characters pytest puts in tmp_path: e5np reads an e5 anywhere in a model's path as an E5.)"""
+    directory = tmp_path / name
+    shutil.copytree(checkpoint_dirs["st-cls"], directory)              # Transformer -> Pooling, no Normalize
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "mean"}))
+    model = e5np.load(directory)
+    assert model.pooling == "mean" and model.normalize is normalizes
+    out = model.encode(st_reference["texts"], truncation="ignore")
+    if normalizes:
+        assert np.abs(out - st_reference["embeddings_mean_normalize"]).max() <= 1e-6
+    else:
+        assert np.abs(out - st_reference["embeddings_mean"]).max() <= 1e-6 * np.abs(out).max()
+    assert e5np.load(directory, normalize=False).normalize is False     # still the caller's to override
+
+
 def test_explicit_arguments_override_the_checkpoint(checkpoint_dirs, st_reference):
     model = e5np.load(checkpoint_dirs["st-cls"], pooling="mean", normalize=True)
     out = model.encode(st_reference["texts"], truncation="ignore")
