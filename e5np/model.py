@@ -1,7 +1,9 @@
 """The e5np model object: load a checkpoint, tokenize, batch, run the encoder, pool, normalize."""
 
 import numbers
+import os
 import re
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -184,6 +186,7 @@ class Model:
         self.dtype = dtype
         self.name = name
         self.directory = directory
+        self._workers, self._workers_lock, self._workers_pid = None, None, None   # see _shared_workers
 
     @property
     def dim(self):
@@ -217,7 +220,8 @@ class Model:
         Texts are batched by token length (texts of equal length share attention steps) and returned in input order.
         truncation: what to do when a text is longer than max_length tokens and loses its tail:
         "warn" (a TruncationWarning naming the texts), "ignore", or "error" (ValueError).
-        threads: batches run at once (default self.threads); NumPy releases the GIL in its kernels.
+        threads: batches run at once (default self.threads, on the model's workers, which concurrent calls share);
+        NumPy releases the GIL in its kernels.
         normalize: L2-normalize the pooled vectors (default: what the checkpoint does; E5 does).
         show_progress_bar: a tqdm bar on stderr counting the texts embedded, batch by batch.
         """
@@ -260,7 +264,8 @@ class Model:
         """Already-tokenized texts -> [n, H]: the part of encode() after tokenizing (the server reuses it).
 
         workers: an executor of `threads` threads (each with one BLAS thread) to run the batches on, shared
-        by callers so that their batches queue for the same cores; by default this call makes its own.
+        by callers so that their batches queue for the same cores; by default the model's own (see _shared_workers)
+        when threads is the model's, else one made for this call.
         done: called with each batch's number of texts once its vectors are in (a progress bar's update)."""
         def embed(rows):
             batch = pad([encodings[i] for i in rows], pad_id=self.config.pad_token_id)
@@ -275,12 +280,37 @@ class Model:
                 out[rows] = embed(rows)
                 done(len(rows))
             return out
+        if workers is None and threads == self.threads:
+            workers = self._shared_workers()
         shared = workers is not None                                       # a shared pool outlives this call
         with nullcontext(workers) if shared else ThreadPoolExecutor(threads, initializer=use_one_blas_thread) as pool:
-            for rows, vectors in zip(batches, pool.map(embed, batches)):  # the costliest batches start first
-                out[rows] = vectors
-                done(len(rows))
+            futures = [pool.submit(embed, rows) for rows in batches]      # the costliest batches start first
+            try:
+                for rows, future in zip(batches, futures):
+                    out[rows] = future.result()
+                    done(len(rows))
+            except BaseException:                                          # a failed batch, Ctrl-C: the batches
+                for future in futures:                                     # not begun are not run (a shared pool
+                    future.cancel()                                        # would run them for nobody)
+                raise
         return out
+
+    def _shared_workers(self):
+        """The model's pool of self.threads workers (each with one BLAS thread), made on first use. Every encode()
+        with the model's threads runs its batches there, so that concurrent calls (a web app's request threads)
+        queue for the same cores instead of each starting workers of its own: 8 calls at once ran 16 batches at
+        once on 2 cores, each batch's activations in memory. A forked child (gunicorn --preload, multiprocessing)
+        makes its own: the parent's threads are not in it, and work handed to their queue would never run."""
+        if self._workers_pid != os.getpid():                           # first use, or a forked child
+            self._workers, self._workers_lock, self._workers_pid = None, threading.Lock(), os.getpid()
+        with self._workers_lock:
+            if self._workers is None:
+                self._workers = ThreadPoolExecutor(self.threads, thread_name_prefix="e5np-worker",
+                                                   initializer=use_one_blas_thread)
+            return self._workers
+
+    def __getstate__(self):                                            # pickled (to a spawned process): no threads
+        return {**self.__dict__, "_workers": None, "_workers_lock": None, "_workers_pid": None}
 
     def encode_queries(self, texts, **kwargs):
         """encode() with the model's query prefix ("query: " for E5) added to each text."""
