@@ -71,6 +71,7 @@ def _encode_in_child(model, queue):
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork here")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # the case under test
 def test_a_forked_child_gets_workers_of_its_own():
     """A model that has encoded (its workers started) and is then forked (gunicorn --preload, multiprocessing): the
     child's encode would hand its batches to the parent's threads, which are not in the child, and wait forever."""
