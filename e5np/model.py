@@ -77,6 +77,20 @@ def check_positive_int(name, value):
     return number
 
 
+def dtype_name(dtype):
+    """"float32" or "float64" for those names and for NumPy's types of them (np.float64, np.dtype("float64")),
+    "float32" for None (the default; np.dtype(None) would say float64); ValueError for anything else."""
+    if dtype is None:
+        return "float32"
+    try:
+        name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return name
+
+
 def check_flag(name, value):
     """value as a bool; anything but True/False (a "false" string is truthy) is refused rather than guessed at."""
     if not isinstance(value, (bool, np.bool_)):
@@ -340,7 +354,7 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
          dtype="float32", max_length=None, pooling=None, normalize=None, prefixes=None, threads=None):
     """Load a BERT-family checkpoint from a local directory or a Hugging Face hub id.
 
-    dtype "float64" runs the whole forward pass in double precision: slower, the ground truth that
+    dtype "float64" (or np.float64) runs the whole forward pass in double precision: slower, the ground truth that
     float32 engines are measured against. max_length defaults to a sentence-transformers checkpoint's
     max_seq_length, else the tokenizer's model_max_length, capped by the position embeddings (512 for e5-small).
     pooling ("mean", "cls", "max", "mean_sqrt_len") and normalize default to the checkpoint's
@@ -348,8 +362,7 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
     default to the checkpoint's declared prompts, else E5's for E5 models, else none.
     threads: batches encode() runs at once (default: the CPUs this process may use, see blas.available_cpus).
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    dtype = dtype_name(dtype)
     check_options(pooling, normalize, prefixes, threads)
     directory = resolve(name_or_path, revision=revision, local_files_only=local_files_only,
                         cache_dir=cache_dir, token=token)

@@ -259,6 +259,13 @@ def test_forward_exposes_tokens_layers_and_attention(minilm):
 def test_float64_model_runs_in_float64(checkpoint_dirs):
     m = e5np.load(checkpoint_dirs["tiny"], dtype="float64")
     assert m.encode(["x"]).dtype == np.float64 and m.params["layers"][0]["ffn"]["up"]["w"].dtype == np.float64
+    for numpy_type in (np.float64, np.dtype("float64")):                # NumPy's names for it are taken too
+        assert e5np.load(checkpoint_dirs["tiny"], dtype=numpy_type).encode(["x"]).dtype == np.float64
+    for default in (np.float32, None):
+        assert e5np.load(checkpoint_dirs["tiny"], dtype=default).encode(["x"]).dtype == np.float32
+    for wrong in (np.float16, "f8", 64, np.int64):
+        with pytest.raises(ValueError, match="dtype must be one of"):
+            e5np.load(checkpoint_dirs["tiny"], dtype=wrong)
     assert "float64" in repr(m)
 
 
