@@ -70,6 +70,8 @@ def test_bench_runs_end_to_end():
                              "--texts", "40", "--runs", "1", "--engines", "e5np,hf-sdpa-sorted"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+    if "skipping hf-sdpa-sorted: transformers" in result.stderr and "has no SDPA attention" in result.stderr:
+        pytest.skip("this transformers has no SDPA attention for BERT (4.41+ has), so no engine to compare with")
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
             if line.startswith("| ") and not line.startswith("| engine")}
     assert set(rows) == {"e5np", "hf-sdpa-sorted"}

@@ -80,7 +80,13 @@ def engine_transformers(directory, sort, max_length):
 
     transformers.logging.set_verbosity_error()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
-    model = transformers.AutoModel.from_pretrained(str(directory), attn_implementation="sdpa").eval()
+    try:
+        model = transformers.AutoModel.from_pretrained(str(directory), attn_implementation="sdpa").eval()
+    except ValueError as e:                                # BERT has SDPA attention from transformers 4.41
+        if "scaled_dot_product_attention" not in str(e):
+            raise
+        raise ImportError(f"transformers {transformers.__version__} has no SDPA attention for this model "
+                          "(BERT's came in 4.41)") from None
 
     def run(texts):
         order = list(range(len(texts)))
