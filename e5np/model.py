@@ -200,7 +200,7 @@ class Model:
         self.dtype = dtype
         self.name = name
         self.directory = directory
-        self._workers, self._workers_lock, self._workers_pid = None, None, None   # see _shared_workers
+        self._workers, self._workers_lock, self._workers_pid = None, None, None   # see _shared_workers: (pool, size)
 
     @property
     def dim(self):
@@ -318,10 +318,15 @@ class Model:
         if self._workers_pid != os.getpid():                           # first use, or a forked child
             self._workers, self._workers_lock, self._workers_pid = None, threading.Lock(), os.getpid()
         with self._workers_lock:
-            if self._workers is None:
-                self._workers = ThreadPoolExecutor(self.threads, thread_name_prefix="e5np-worker",
-                                                   initializer=use_one_blas_thread)
-            return self._workers
+            workers, threads = self._workers or (None, None)
+            if workers is not None and threads != self.threads:       # model.threads was set since
+                workers.shutdown(wait=False)                           # (its idle threads end; busy ones finish)
+                workers = None
+            if workers is None:
+                workers = ThreadPoolExecutor(self.threads, thread_name_prefix="e5np-worker",
+                                             initializer=use_one_blas_thread)
+                self._workers = workers, self.threads
+            return workers
 
     def __getstate__(self):                                            # pickled (to a spawned process): no threads
         return {**self.__dict__, "_workers": None, "_workers_lock": None, "_workers_pid": None}

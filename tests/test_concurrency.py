@@ -50,6 +50,12 @@ def test_concurrent_calls_share_the_models_workers():
     for result in results:
         np.testing.assert_array_equal(result, expected)
 
+    model.threads = 3                                                  # set after the workers were made
+    runs.peak = 0
+    with ThreadPoolExecutor(6) as callers:
+        list(callers.map(lambda _: model.encode(TEXTS), range(6)))
+    assert runs.peak == 3, runs.peak
+
 
 def test_a_failed_batch_cancels_the_batches_not_begun():
     """The error reaches the caller, and the model's workers, which outlive the call, do not go on running its
