@@ -383,13 +383,14 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
 
     head = load_sentence_transformers_head(directory)
     st_pooling, st_normalize = head or ("mean", True)
-    if head and not st_normalize and e5_prefixes(name_or_path, directory):
+    named_e5 = e5_prefixes(name_or_path, directory)                    # {} unless the names say E5
+    if head and not st_normalize and named_e5:
         # E5 is trained and evaluated on unit vectors: its model cards normalize after pooling (F.normalize in the
         # transformers example, encode(..., normalize_embeddings=True) in the sentence-transformers one, as a
         # modules.json without Normalize needs). E5's vectors are unit vectors whatever modules.json says.
         st_normalize = True
     if prefixes is None:
-        prefixes = load_prompts(directory) or e5_prefixes(name_or_path, directory)
+        prefixes = load_prompts(directory) or named_e5
     return Model(params, config, tokenizer, max_length, DTYPES[dtype], name=str(name_or_path), directory=directory,
                  threads=threads, pooling=pooling or st_pooling,
                  normalize=st_normalize if normalize is None else normalize, prefixes=prefixes)

@@ -1,7 +1,7 @@
 """An OpenAI-compatible embeddings server on the standard library: POST /v1/embeddings, GET /health.
 
 Each request is read and answered on its own thread (ThreadingHTTPServer); every request's batches are
-embedded by one shared pool of workers (EmbeddingServer).
+embedded by the model's one pool of workers (EmbeddingServer).
 Bad requests get OpenAI-style error bodies ({"error": {"message", "type", "param", "code"}}) and the
 server carries on.
 """
@@ -11,12 +11,10 @@ import json
 import socket
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from .blas import use_one_blas_thread
 from .tokenizer import encode_batch, lone_surrogate, overflowing
 
 
@@ -169,24 +167,24 @@ def make_server(model, host="127.0.0.1", port=8080, model_name=None, max_body_by
         raise ValueError(f"truncation must be 'ignore' or 'error', got {truncation!r}")
     handler = make_handler(model, model_name or str(model.name), max_body_bytes, max_inputs, idle_timeout,
                            truncation)
-    return EmbeddingServer((host, port), handler, model.threads)
+    return EmbeddingServer((host, port), handler, model)
 
 
 class EmbeddingServer(ThreadingHTTPServer):
-    """One thread per connection to read and answer requests; one pool of `threads` workers (model.threads,
-    each with one BLAS thread) embeds every request's batches. One client sending large requests gets all
-    the cores, and many clients at once queue for them instead of running more threads than cores."""
+    """One thread per connection to read and answer requests; the model's workers (model.threads of them, each
+    with one BLAS thread; see Model._shared_workers) embed every request's batches. One client sending large
+    requests gets all the cores, and many clients at once queue for them instead of running more threads than
+    cores, with any encode() the process calls itself."""
 
     daemon_threads = True
 
-    def __init__(self, address, handler, threads):
+    def __init__(self, address, handler, model):
         super().__init__(address, handler)
-        self.workers = ThreadPoolExecutor(threads, thread_name_prefix="e5np-worker",
-                                          initializer=use_one_blas_thread)
+        self.model = model
 
-    def server_close(self):
-        super().server_close()
-        self.workers.shutdown(wait=False, cancel_futures=True)
+    @property
+    def workers(self):
+        return self.model._shared_workers()
 
 
 def serve_in_thread(server):
