@@ -352,6 +352,9 @@ def _read_pooling(path):
         mode = ST6_POOLING_MODES[mode]
     else:                                                              # before: one pooling_mode_<mode>_... flag
         flags_set = sorted(flag for flag in (*ST_POOLING_MODES, *ST_UNSUPPORTED_MODES) if settings.get(flag))
+        # No mode named (no flags, or all false) is mean pooling: sentence-transformers' default, and what its
+        # version 6 makes of such a config.
+        flags_set = flags_set or ["pooling_mode_mean_tokens"]
         if len(flags_set) != 1 or flags_set[0] not in ST_POOLING_MODES:
             raise CheckpointError(f"{path}: e5np supports exactly one of {sorted(ST_POOLING_MODES)}; "
                                   f"this sets {flags_set}")

@@ -60,6 +60,34 @@ def test_sentence_transformers_6_pooling_configs_are_read(checkpoint_dirs, st_re
     assert close(model.encode(st_reference["texts"], truncation="ignore"), st_reference[f"embeddings_{mode}"])
 
 
+NO_MODE_CONFIGS = [{"word_embedding_dimension": 32},
+                   {"word_embedding_dimension": 32, **{flag: False for flag in ("pooling_mode_cls_token",
+                    "pooling_mode_mean_tokens", "pooling_mode_max_tokens", "pooling_mode_mean_sqrt_len_tokens")}}]
+
+
+@pytest.mark.parametrize("config", NO_MODE_CONFIGS, ids=["no-flags", "all-false"])
+def test_a_pooling_config_naming_no_mode_is_mean_pooling(checkpoint_dirs, st_reference, tmp_path, config):
+    """sentence-transformers pools by mean when its Pooling config names no mode (its default); e5np refused it."""
+    directory = tmp_path / "st"
+    shutil.copytree(checkpoint_dirs["st-cls"], directory)
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    model = e5np.load(directory)
+    assert model.pooling == "mean"
+    assert close(model.encode(st_reference["texts"], truncation="ignore"), st_reference["embeddings_mean"])
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("config", NO_MODE_CONFIGS, ids=["no-flags", "all-false"])
+def test_a_pooling_config_naming_no_mode_against_live_sentence_transformers(checkpoint_dirs, tmp_path, config):
+    SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
+    directory = tmp_path / "st"
+    shutil.copytree(checkpoint_dirs["st-cls"], directory)
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    texts = ["query: hello world", "a", "the cat sat on the mat " * 3]
+    want = SentenceTransformer(str(directory), device="cpu").encode(texts, convert_to_numpy=True)
+    assert close(e5np.load(directory).encode(texts), want)
+
+
 @pytest.mark.live
 def test_a_checkpoint_saved_by_the_installed_sentence_transformers_loads(checkpoint_dirs, tmp_path):
     SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
