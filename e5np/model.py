@@ -319,10 +319,9 @@ class Model:
             self._workers, self._workers_lock, self._workers_pid = None, threading.Lock(), os.getpid()
         with self._workers_lock:
             workers, threads = self._workers or (None, None)
-            if workers is not None and threads != self.threads:       # model.threads was set since
-                workers.shutdown(wait=False)                           # (its idle threads end; busy ones finish)
-                workers = None
-            if workers is None:
+            if threads != self.threads:                                # first use, or model.threads was set since:
+                # a new pool; the old one is let go, not shut down, as a call may be about to hand it batches.
+                # Its threads end once no call holds it (ThreadPoolExecutor wakes them when it is collected).
                 workers = ThreadPoolExecutor(self.threads, thread_name_prefix="e5np-worker",
                                              initializer=use_one_blas_thread)
                 self._workers = workers, self.threads

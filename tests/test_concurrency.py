@@ -1,6 +1,7 @@
 """encode() called from several threads at once, from a forked child, after pickling: the model's one pool of
 workers."""
 
+import gc
 import multiprocessing
 import pickle
 import threading
@@ -55,6 +56,26 @@ def test_concurrent_calls_share_the_models_workers():
     with ThreadPoolExecutor(6) as callers:
         list(callers.map(lambda _: model.encode(TEXTS), range(6)))
     assert runs.peak == 3, runs.peak
+
+
+def test_setting_threads_does_not_shut_the_pool_a_call_is_about_to_use():
+    """A call that had taken the model's pool (to submit its batches) when another thread set model.threads and
+    encoded failed: the old pool was shut down under it (RuntimeError: cannot schedule new futures after shutdown).
+    The old pool is let go instead, and its threads end once nothing holds it."""
+    model = e5np.load(TINY_DIR, threads=2)
+    expected = model.encode(TEXTS)
+    taken = model._shared_workers()                                    # a call between taking the pool and submitting
+    model.threads = 3
+    np.testing.assert_array_equal(model.encode(TEXTS), expected)      # on a new pool of 3
+    assert model._workers[0] is not taken
+    assert taken.submit(len, "abc").result(timeout=10) == 3
+    threads = list(taken._threads)
+    assert threads and all(thread.is_alive() for thread in threads)
+    del taken
+    gc.collect()
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
 
 
 def test_a_failed_batch_cancels_the_batches_not_begun():
