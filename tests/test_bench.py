@@ -80,3 +80,20 @@ def test_bench_runs_end_to_end():
     assert "disagrees" not in result.stderr
     assert "one core multiplying the model's linear-layer shapes" in result.stdout
     assert "numpy" in result.stdout.rsplit("shapes", 1)[1] and "torch" in result.stdout.rsplit("shapes", 1)[1]
+
+
+@pytest.mark.live
+def test_onnxruntime_engines_agree_with_e5np():
+    """Both ONNX Runtime engines (the export from transformers, and the fused model onnxruntime's BERT optimizer makes
+    of it) on mixed texts past the tiny model's 128 positions: they must truncate where e5np does."""
+    pytest.importorskip("onnxruntime")
+    result = subprocess.run([sys.executable, str(BENCH), "--model", str(TINY_DIR), "--corpus", "mixed",
+                             "--texts", "40", "--runs", "1", "--engines", "e5np,ort-sorted,ort-fused-sorted"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| engine")}
+    assert set(rows) == {"e5np", "ort-sorted", "ort-fused-sorted"}, result.stdout + result.stderr
+    assert all(float(cells[3]) >= 0.99999 for cells in rows.values()), result.stdout   # min cosine vs e5np
+    assert "disagrees" not in result.stderr and "skipping" not in result.stderr
+    assert "onnxruntime" in result.stdout.rsplit("shapes", 1)[1]

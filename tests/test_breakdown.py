@@ -66,3 +66,31 @@ def test_the_script_prints_every_part():
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "seconds" not in line]
     assert len(rows) == len(breakdown.PARTS) + 1
     assert "GFLOP/s a worker" in result.stdout and "20 short texts" in result.stdout
+
+
+@pytest.mark.live
+def test_onnxruntime_parts_account_for_its_run(load_model, tmp_path):
+    """ONNX Runtime's fused ops, from its profiler: each one there, all within the run, MatMul's FLOPs those of the
+    padded batches (ONNX Runtime computes the padding)."""
+    pytest.importorskip("onnxruntime")
+    tiny, texts = load_model("tiny"), PARITY_TEXTS * 3
+    parts, flops, wall = breakdown.onnxruntime_parts(TINY_DIR, tiny, texts, tmp_path, batch_size=4)
+    assert list(parts) == breakdown.ORT_OPS + [breakdown.ORT_OTHER]
+    assert all(parts[op] > 0 for op in breakdown.ORT_OPS), parts     # every layer fused: bench checks the counts
+    assert sum(parts.values()) == pytest.approx(wall)
+    lengths = sorted(tiny.tokenize(texts).lengths)
+    padded = sum(len(batch) * max(batch) for batch in (lengths[i:i + 4] for i in range(0, len(lengths), 4)))
+    c = tiny.config
+    assert flops == padded * 2 * c.num_hidden_layers * (c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size)
+
+
+@pytest.mark.live
+def test_the_script_prints_onnxruntimes_ops():
+    pytest.importorskip("onnxruntime")
+    result = subprocess.run([sys.executable, str(BREAKDOWN), "--model", str(TINY_DIR), "--corpus", "short",
+                             "--texts", "20", "--onnxruntime"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    ort_table = result.stdout.split("| ONNX Runtime op |", 1)[1]
+    rows = [line for line in ort_table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == len(breakdown.ORT_OPS) + 1 and "MatMul (" in ort_table and "GFLOP/s)" in ort_table
+    assert "ONNX Runtime, fused model, one thread:" in result.stdout and "e5np untimed on one worker:" in result.stdout

@@ -19,11 +19,24 @@ time only (not the timed functions it calls), so the parts add up to the whole:
 
 One worker on one BLAS thread by default: the shares are then of one core's time, the figures
 README.md's speed section gives. With --threads N they are shares of N workers' time (N x wall time).
+
+--onnxruntime adds the same table for ONNX Runtime (tools/bench.py's fastest engine on short texts, its fused
+model: ort-fused-sorted) on one thread, the same texts in the same batches of 32 by token length, from its
+profiler. Its fused ops split the work differently from e5np's functions:
+
+  MatMul                   the linear layers but q, k, v: x @ w (their biases are in the ops below)
+  Attention                q, k, v as one x @ w_qkv + b, then attention
+  BiasGelu                 the feed-forward's first bias, and GELU
+  SkipLayerNormalization   the residual add, the last bias, and LayerNorm
+  EmbedLayerNormalization  embeddings
+  other                    the other ops, and everything outside them: tokenizing, batching, ONNX Runtime's session
+Needs the parity extra, onnx and onnxruntime (as tools/bench.py's ONNX Runtime engines).
 """
 
 import argparse
 import contextlib
 import functools
+import json
 import sys
 import tempfile
 import threading
@@ -121,15 +134,17 @@ def main():
     parser.add_argument("--corpus", default="short", choices=["mixed", "short", "long"])
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1, help="worker threads, each on one BLAS thread (1)")
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="the same for ONNX Runtime's fused model on one thread, from its profiler")
     args = parser.parse_args()
     if args.threads < 1 or args.texts < 1:
         parser.error("--threads and --texts must be at least 1")
 
     with tempfile.TemporaryDirectory() as tmp:
-        report(args, bench.checkpoint_directory(args.model, tmp))
+        report(args, bench.checkpoint_directory(args.model, tmp), tmp)
 
 
-def report(args, directory):
+def report(args, directory, workdir):
     if args.threads == 1:
         use_one_blas_thread()                                          # several workers set their own
     model = e5np.load(directory)
@@ -154,6 +169,57 @@ def report(args, directory):
     for part, seconds in sorted(parts.items(), key=lambda item: -item[1]):
         label = f"{part} ({flops / seconds / 1e9:.0f} GFLOP/s a worker)" if part == linear else part
         print(f"| {label} | {seconds:.3g} | {100 * seconds / total:.1f}% |")
+    if args.onnxruntime:
+        ort_parts, ort_flops, ort_wall = onnxruntime_parts(directory, model, texts, workdir)
+        print()
+        versus = f"; e5np untimed on one worker: {ort_wall / untimed:.2f}x its speed" if args.threads == 1 else ""
+        print(f"ONNX Runtime, fused model, one thread: {ort_wall:.2f} s ({tokens / ort_wall:,.0f} tokens/s){versus}")
+        print()
+        print("| ONNX Runtime op | seconds | share |")
+        print("|---|---|---|")
+        for part, seconds in sorted(ort_parts.items(), key=lambda item: -item[1]):
+            label = f"{part} ({ort_flops / seconds / 1e9:.0f} GFLOP/s)" if part == "MatMul" else part
+            print(f"| {label} | {seconds:.3g} | {100 * seconds / ort_wall:.1f}% |")
+
+
+ORT_OPS = ["MatMul", "Attention", "BiasGelu", "SkipLayerNormalization", "EmbedLayerNormalization"]
+ORT_OTHER = "other"
+
+
+def onnxruntime_parts(directory, model, texts, workdir, batch_size=32):
+    """({op: seconds}, the MatMul ops' FLOPs, wall seconds) of ONNX Runtime's fused model embedding texts on one
+    thread in batches sorted by token length (as tools/bench.py's ort-fused-sorted does), from its profiler."""
+    import onnxruntime
+
+    bench.engine_onnxruntime(directory, workdir, model.max_length, fused=True)   # exports model-fused.onnx
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(workdir) / "profile")
+    session = onnxruntime.InferenceSession(str(Path(workdir) / "model-fused.onnx"), options,
+                                           providers=["CPUExecutionProvider"])
+    lengths = model.tokenize(texts).lengths
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    c = model.config
+    per_token = 2 * c.num_hidden_layers * (c.hidden_size**2 + 2 * c.hidden_size * c.intermediate_size)  # o, up, down
+    flops, start = 0, time.perf_counter()
+    for first in range(0, len(texts), batch_size):
+        batch = model.tokenize([texts[i] for i in order[first:first + batch_size]])
+        session.run(None, {"input_ids": batch.input_ids.astype("int64"),
+                           "attention_mask": batch.attention_mask.astype("int64")})
+        flops += batch.input_ids.size * per_token                      # padding too: ONNX Runtime computes it
+    wall = time.perf_counter() - start
+    with open(session.end_profiling()) as f:
+        events = json.load(f)
+    parts = dict.fromkeys(ORT_OPS, 0.0)
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            if op in parts:
+                parts[op] += event["dur"] / 1e6                        # microseconds
+    parts[ORT_OTHER] = max(0.0, wall - sum(parts.values()))
+    return parts, flops, wall
 
 
 if __name__ == "__main__":
