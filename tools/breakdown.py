@@ -20,9 +20,9 @@ time only (not the timed functions it calls), so the parts add up to the whole:
 One worker on one BLAS thread by default: the shares are then of one core's time, the figures
 README.md's speed section gives. With --threads N they are shares of N workers' time (N x wall time).
 
---onnxruntime adds the same table for ONNX Runtime (tools/bench.py's fastest engine on short texts, its fused
-model: ort-fused-sorted) on one thread, the same texts in the same batches of 32 by token length, from its
-profiler. Its fused ops split the work differently from e5np's functions:
+--onnxruntime adds the same table for ONNX Runtime's fused model (tools/bench.py's ort-fused-sorted engine) on one
+thread, the same texts in the same batches of 32 by token length, timed by its profiler. Its fused ops split the
+work differently from e5np's functions:
 
   MatMul                   the linear layers but q, k, v: x @ w (their biases are in the ops below)
   Attention                q, k, v as one x @ w_qkv + b, then attention
