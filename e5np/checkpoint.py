@@ -366,13 +366,43 @@ def _read_pooling(path):
     return mode
 
 
+def load_default_prompt(directory):
+    """The prompt sentence-transformers' encode() adds to texts given no other: config_sentence_transformers.json's
+    prompts[default_prompt_name], "" when it names none. A name that is not among the prompts is refused, as
+    sentence-transformers refuses it."""
+    path = Path(directory) / ST_PROMPTS_FILE
+    settings = read_json(path) if path.is_file() else {}
+    name = settings.get("default_prompt_name") if isinstance(settings, dict) else None
+    if name is None:
+        return ""
+    prompts = settings.get("prompts")
+    prompts = prompts if isinstance(prompts, dict) else {}
+    if not isinstance(name, str) or name not in prompts:
+        raise CheckpointError(f"{path}: default_prompt_name {name!r} is not one of its prompts {sorted(prompts)}")
+    prompt = prompts[name]
+    if prompt is not None and not isinstance(prompt, str):
+        raise CheckpointError(f"{path}: prompts[{name!r}] must be a string, got {prompt!r}")
+    return prompt or ""                                                # null: no prompt, as sentence-transformers reads it
+
+
+# The prompts for queries and passages: the first of these names declared, as sentence-transformers' encode_query
+# and encode_document look for them (its version 6 declares "query" and "document" for every model, "" when not
+# given, so there "passage" and "corpus" are never reached; e5np reads a checkpoint's "passage" prompt all the same)
+PROMPT_NAMES = {"query": ("query",), "passage": ("document", "passage", "corpus")}
+
+
 def load_prompts(directory):
     """Query/passage prompts declared in config_sentence_transformers.json, if any. An empty prompt is no
     declaration: sentence-transformers 6 saves {"query": "", "document": ""} for a model given none (an E5
     fine-tuned and saved with it still wants E5's prefixes)."""
     path = Path(directory) / ST_PROMPTS_FILE
-    prompts = read_json(path).get("prompts") if path.is_file() else None
+    settings = read_json(path) if path.is_file() else {}
+    prompts = settings.get("prompts") if isinstance(settings, dict) else None
     if not isinstance(prompts, dict):
         return {}
-    found = {"query": prompts.get("query"), "passage": prompts.get("passage", prompts.get("document"))}
-    return {k: v for k, v in found.items() if isinstance(v, str) and v}
+    found = {}
+    for key, names in PROMPT_NAMES.items():
+        declared = [prompts[name] for name in names if name in prompts]
+        if declared and isinstance(declared[0], str) and declared[0]:
+            found[key] = declared[0]
+    return found

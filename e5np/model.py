@@ -13,7 +13,7 @@ import numpy as np
 
 from . import bert
 from .blas import available_cpus, use_one_blas_thread
-from .checkpoint import load_config, load_prompts, load_sentence_transformers_head, load_weights
+from .checkpoint import load_config, load_default_prompt, load_prompts, load_sentence_transformers_head, load_weights
 from .hub import resolve
 from .tokenizer import encode_batch, load_tokenizer, model_max_length, not_unicode, overflowing, pad, tokenize
 
@@ -98,6 +98,11 @@ def check_flag(name, value):
     return bool(value)
 
 
+def check_prefix(name, prefix):
+    if not isinstance(prefix, str):
+        raise TypeError(f"{name} must be a str, got {type(prefix).__name__}")
+
+
 def check_prefixes(prefixes):
     """A dict of str prefixes for "query" and/or "passage"; another key would be a prefix nothing ever adds."""
     if not isinstance(prefixes, dict):
@@ -107,8 +112,7 @@ def check_prefixes(prefixes):
     if unknown:
         raise ValueError(f'prefixes takes the keys "query" and "passage", got {unknown}')
     for key, prefix in prefixes.items():
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefixes[{key!r}] must be a str, got {type(prefix).__name__}")
+        check_prefix(f"prefixes[{key!r}]", prefix)
 
 
 def check_pooling(pooling):
@@ -187,13 +191,15 @@ class Model:
     max_batch_tokens = 2048
 
     def __init__(self, params, config, tokenizer, max_length, dtype=np.float32, name=None, directory=None,
-                 threads=None, pooling="mean", normalize=True, prefixes=None):
+                 threads=None, pooling="mean", normalize=True, prefixes=None, default_prefix=""):
         check_options(pooling, normalize, prefixes, threads)
+        check_prefix("default_prefix", default_prefix)
         self.params = params
         self.threads = int(threads) if threads else available_cpus()
         self.pooling = pooling
         self.normalize = bool(normalize)
         self.prefixes = dict(prefixes or {})
+        self.default_prefix = default_prefix   # what encode() adds when told no other: a declared default prompt
         self.config = config
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -228,7 +234,7 @@ class Model:
                            keep_hidden=keep_hidden, keep_attention=keep_attention)
 
     def encode(self, texts, *, batch_size=32, normalize=None, truncation="warn", threads=None,
-               show_progress_bar=False):
+               show_progress_bar=False, prefix=None):
         """Embed texts: a str gives a [H] vector, a list of n strs an [n, H] array (float32 by default).
 
         Texts are batched by token length (texts of equal length share attention steps) and returned in input order.
@@ -238,8 +244,14 @@ class Model:
         NumPy releases the GIL in its kernels.
         normalize: L2-normalize the pooled vectors (default: what the checkpoint does; E5 does).
         show_progress_bar: a tqdm bar on stderr counting the texts embedded, batch by batch.
+        prefix: added to each text (default self.default_prefix: the prompt a sentence-transformers checkpoint
+        names as its default_prompt_name, as sentence-transformers' encode adds it; "" for most models, E5 too).
         """
         texts, single = as_text_list(texts)
+        prefix = self.default_prefix if prefix is None else prefix
+        check_prefix("prefix", prefix)
+        if prefix:
+            texts = [prefix + text for text in texts]
         batch_size = check_positive_int("batch_size", batch_size)
         if truncation not in ("warn", "ignore", "error"):
             raise ValueError(f"truncation must be 'warn', 'ignore' or 'error', got {truncation!r}")
@@ -331,17 +343,12 @@ class Model:
         return {**self.__dict__, "_workers": None, "_workers_lock": None, "_workers_pid": None}
 
     def encode_queries(self, texts, **kwargs):
-        """encode() with the model's query prefix ("query: " for E5) added to each text."""
-        return self._encode_with_prefix(texts, self.prefixes.get("query", ""), **kwargs)
+        """encode() with the model's query prefix ("query: " for E5) added to each text, instead of any default."""
+        return self.encode(texts, prefix=self.prefixes.get("query", ""), **kwargs)
 
     def encode_passages(self, texts, **kwargs):
-        """encode() with the model's passage prefix ("passage: " for E5) added to each text."""
-        return self._encode_with_prefix(texts, self.prefixes.get("passage", ""), **kwargs)
-
-    def _encode_with_prefix(self, texts, prefix, **kwargs):
-        texts, single = as_text_list(texts)
-        vectors = self.encode([prefix + t for t in texts], **kwargs)
-        return vectors[0] if single else vectors
+        """encode() with the model's passage prefix ("passage: " for E5) added to each text, instead of any default."""
+        return self.encode(texts, prefix=self.prefixes.get("passage", ""), **kwargs)
 
     def forward(self, texts, *, output_attentions=False):
         """One batch, with everything kept: tokens, every layer's hidden states, optionally attentions."""
@@ -363,7 +370,8 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
     max_seq_length, else the tokenizer's model_max_length, capped by the position embeddings (512 for e5-small).
     pooling ("mean", "cls", "max", "mean_sqrt_len") and normalize default to the checkpoint's
     sentence-transformers modules.json, else E5's mean + L2. prefixes ({"query": ..., "passage": ...})
-    default to the checkpoint's declared prompts, else E5's for E5 models, else none.
+    default to the checkpoint's declared prompts, else E5's for E5 models, else none; encode() adds the prompt the
+    checkpoint names as its default_prompt_name, if it names one (model.default_prefix).
     threads: batches encode() runs at once (default: the CPUs this process may use, see blas.available_cpus).
     """
     dtype = dtype_name(dtype)
@@ -392,4 +400,5 @@ def load(name_or_path="intfloat/e5-small", *, revision=None, local_files_only=No
         prefixes = load_prompts(directory) or named_e5
     return Model(params, config, tokenizer, max_length, DTYPES[dtype], name=str(name_or_path), directory=directory,
                  threads=threads, pooling=pooling or st_pooling,
-                 normalize=st_normalize if normalize is None else normalize, prefixes=prefixes)
+                 normalize=st_normalize if normalize is None else normalize, prefixes=prefixes,
+                 default_prefix=load_default_prompt(directory))

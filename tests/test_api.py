@@ -1,5 +1,6 @@
 """The public API: shapes, prefixes, types, truncation reporting, and the forward() inspection object."""
 
+import re
 import warnings
 
 import numpy as np
@@ -77,6 +78,45 @@ def test_empty_prompts_as_sentence_transformers_6_saves_them_declare_nothing(che
         (directory / "config_sentence_transformers.json").write_text(
             json.dumps({"prompts": {"query": "", "document": ""}, "default_prompt_name": None}))
         assert e5np.load(directory).prefixes == prefixes
+
+
+def with_default_prompt(checkpoint_dirs, directory, default="query"):
+    """The tiny checkpoint with prompts declared and one of them named default_prompt_name."""
+    import json
+    import shutil
+
+    shutil.copytree(checkpoint_dirs["tiny"], directory)
+    (directory / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "search_query: ", "document": "search_document: "}, "default_prompt_name": default}))
+    return directory
+
+
+def test_encode_adds_a_declared_default_prompt(checkpoint_dirs, tmp_path):
+    """sentence-transformers' encode() adds the prompt config_sentence_transformers.json names as default_prompt_name;
+    e5np's added nothing, so the same call gave other vectors."""
+    model = e5np.load(with_default_prompt(checkpoint_dirs, tmp_path / "model"))
+    plain = e5np.load(checkpoint_dirs["tiny"])
+    texts = ["a cat", "a kitten"]
+    assert model.default_prefix == "search_query: " and plain.default_prefix == ""
+    np.testing.assert_array_equal(model.encode(texts), plain.encode(["search_query: " + t for t in texts]))
+    np.testing.assert_array_equal(model.encode("a cat"), plain.encode("search_query: a cat"))
+    np.testing.assert_array_equal(model.encode_passages(texts), plain.encode(["search_document: " + t for t in texts]))
+    np.testing.assert_array_equal(model.encode_queries(texts), plain.encode(["search_query: " + t for t in texts]))
+    np.testing.assert_array_equal(model.encode(texts, prefix=""), plain.encode(texts))       # the caller's choice
+    np.testing.assert_array_equal(model.encode(texts, prefix="x "), plain.encode(["x " + t for t in texts]))
+    with pytest.raises(TypeError, match="prefix must be a str, got int"):
+        model.encode(texts, prefix=3)
+
+
+@pytest.mark.parametrize("default, words", [("passage", "default_prompt_name 'passage' is not one of its prompts "
+                                                        "['document', 'query']"),
+                                            (3, "default_prompt_name 3 is not one of its prompts")])
+def test_a_default_prompt_name_that_names_no_prompt_is_refused(checkpoint_dirs, tmp_path, default, words):
+    """As sentence-transformers refuses it, rather than embedding without the prompt the checkpoint asks for."""
+    from e5np.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=re.escape(words)):
+        e5np.load(with_default_prompt(checkpoint_dirs, tmp_path / "model", default))
 
 
 def test_normalize_false_returns_the_mean_pooled_vector(minilm):

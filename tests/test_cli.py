@@ -36,6 +36,19 @@ def test_embed_query_prefix_and_npy_output(tiny, tmp_path):
     np.testing.assert_array_equal(np.load(out), tiny.encode_queries(["hello"]))
 
 
+def test_embed_adds_a_declared_default_prompt_as_encode_does(tiny, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(TINY_DIR, model)
+    (model / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "search_query: ", "document": "search_document: "}, "default_prompt_name": "query"}))
+    for flags, prefix in [([], "search_query: "), (["--passage"], "search_document: ")]:
+        result = e5np_cli("embed", "-m", model, *flags, "hello world", "the cat", "-o", tmp_path / "v.npy")
+        assert result.returncode == 0, result.stderr
+        assert_same_vectors(np.load(tmp_path / "v.npy"), tiny.encode([prefix + "hello world", prefix + "the cat"]))
+
+
 def test_embed_stdin_and_file_with_jsonl_output(tiny, tmp_path):
     texts = ["first line", "second line", "dritte Zeile ü"]
     (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")

@@ -242,6 +242,51 @@ def test_pooling_modes_against_live_sentence_transformers(checkpoint_dirs, tmp_p
     assert close(e5np.load(directory).encode(texts), want)
 
 
+# config_sentence_transformers.json settings -> what encode(), encode_queries() and encode_passages() add
+PROMPT_CONFIGS = [
+    ({"prompts": {"query": "search_query: ", "document": "search_document: "}, "default_prompt_name": "query"},
+     ("search_query: ", "search_query: ", "search_document: ")),
+    ({"prompts": {"query": "search_query: ", "document": ""}, "default_prompt_name": "query"},  # declared empty
+     ("search_query: ", "search_query: ", "")),
+    ({"prompts": {"classification": "classify: "}, "default_prompt_name": "classification"},   # the default is
+     ("classify: ", "", "")),                                                                 # encode()'s alone
+    ({"prompts": {"corpus": "c: ", "passage": "p: ", "document": "d: "}}, ("", "", "d: ")),   # document first
+]
+
+
+# sentence-transformers 6 would add nothing to passages here (see e5np.checkpoint.PROMPT_NAMES): not a live case
+PASSAGE_PROMPT = ({"prompts": {"query": "q: ", "passage": "p: ", "corpus": "c: "}}, ("", "q: ", "p: "))
+
+
+@pytest.mark.parametrize("settings, added", PROMPT_CONFIGS + [PASSAGE_PROMPT])
+def test_prompts_as_sentence_transformers_reads_them(checkpoint_dirs, tmp_path, settings, added):
+    directory = tmp_path / "st"
+    shutil.copytree(checkpoint_dirs["st-cls"], directory)
+    (directory / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    model, plain = e5np.load(directory), e5np.load(checkpoint_dirs["st-cls"])
+    texts = ["hello world", "a"]
+    for call, prefix in zip(["encode", "encode_queries", "encode_passages"], added):
+        np.testing.assert_array_equal(getattr(model, call)(texts), plain.encode([prefix + t for t in texts]))
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("settings", [settings for settings, _ in PROMPT_CONFIGS])
+def test_prompts_against_live_sentence_transformers(checkpoint_dirs, tmp_path, settings):
+    """encode() adds the default prompt, encode_queries / encode_passages their own, as sentence-transformers'
+    encode, encode_query and encode_document do."""
+    SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
+    directory = tmp_path / "st"
+    shutil.copytree(checkpoint_dirs["st-cls"], directory)
+    (directory / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    texts = ["hello world", "a", "the cat sat on the mat " * 3]
+    theirs = SentenceTransformer(str(directory), device="cpu")
+    ours = e5np.load(directory)
+    assert close(ours.encode(texts), theirs.encode(texts, convert_to_numpy=True))
+    assert close(ours.encode_queries(texts), theirs.encode_query(texts, convert_to_numpy=True))
+    assert close(ours.encode_passages(texts), theirs.encode_document(texts, convert_to_numpy=True))
+    assert close(ours.encode(texts, prefix=""), theirs.encode(texts, prompt="", convert_to_numpy=True))
+
+
 def test_max_length_is_a_sentence_transformers_checkpoints_max_seq_length(checkpoint_dirs, tmp_path):
     """sentence-transformers truncates at sentence_bert_config.json's max_seq_length (256 for all-MiniLM-L6-v2,
     whose tokenizer_config.json says 512); e5np took the tokenizer's 512, and its vectors of longer texts

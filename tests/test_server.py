@@ -66,6 +66,30 @@ def test_null_options_are_the_defaults(server, tiny):
     np.testing.assert_allclose(body["data"][0]["embedding"], tiny.encode("a"), atol=1e-7)
 
 
+def test_a_declared_default_prompt_is_added_as_encode_adds_it(tiny, tmp_path):
+    """An OpenAI request has no field for a prompt: inputs get the checkpoint's default prompt, as model.encode() and
+    sentence-transformers' encode() give them, and usage counts its tokens."""
+    import shutil
+
+    directory = tmp_path / "model"
+    shutil.copytree(TINY_DIR, directory)
+    (directory / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "search_query: "}, "default_prompt_name": "query"}))
+    model = e5np.load(directory)
+    srv = make_server(model, "127.0.0.1", 0, model_name="prompted", max_body_bytes=64 * 1024, max_inputs=16)
+    serve_in_thread(srv)
+    try:
+        status, body = request(srv, "POST", "/v1/embeddings", {"input": ["a cat", "hello world"]})
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert status == 200
+    np.testing.assert_allclose([d["embedding"] for d in body["data"]],
+                               tiny.encode(["search_query: a cat", "search_query: hello world"]), atol=1e-7)
+    assert body["usage"]["prompt_tokens"] == int(tiny.tokenize(["search_query: a cat",
+                                                                 "search_query: hello world"]).lengths.sum())
+
+
 def test_health_and_models(server):
     assert request(server, "GET", "/health") == (200, {"status": "ok", "model": "tiny-bert", "dim": 32})
     status, body = request(server, "GET", "/v1/models")
