@@ -1,12 +1,16 @@
 """tools/bench.py: its corpora are what its help says, its ceiling measures the model's own shapes, and it runs."""
 
+import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import e5np
 from tests.checkpoints import TINY_DIR
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
@@ -48,6 +52,16 @@ def test_ceiling_reports_numpy_in_gflops(load_model):
     ceiling = bench.matmul_ceiling(load_model("tiny").config, rows=64, rounds=1)   # torch, onnxruntime if installed
     assert "numpy" in ceiling and set(ceiling) <= set(bench.MATRIX_LIBRARIES)      # (the live test checks torch)
     assert all(0 < rate < 1e4 for rate in ceiling.values()), ceiling    # GFLOP/s a core, not FLOP/s or TFLOP/s
+
+
+def test_e5np_engine_embeds_the_texts_as_the_other_engines_take_them(tmp_path):
+    """No default prompt (a checkpoint may name one, which encode() adds): the engines must embed the same texts."""
+    shutil.copytree(TINY_DIR, tmp_path / "model")
+    (tmp_path / "model" / "config_sentence_transformers.json").write_text(json.dumps(
+        {"prompts": {"query": "query: "}, "default_prompt_name": "query"}))
+    texts = ["a cat", "hello world"]
+    np.testing.assert_array_equal(bench.engine_e5np(tmp_path / "model", 1)(texts),
+                                  e5np.load(TINY_DIR).encode(texts, threads=1))
 
 
 def test_unknown_engine_is_named():

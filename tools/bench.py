@@ -71,7 +71,8 @@ def make_corpus(model, kind, n, seed=0):
 # --- engines: each returns a function texts -> [n, H] normalized float32 ---------------------------
 def engine_e5np(directory, threads):
     model = e5np.load(directory)
-    return lambda texts: model.encode(texts, batch_size=32, truncation="ignore", threads=threads)
+    # prefix="": the texts as they are, as every other engine takes them (a checkpoint may name a default prompt)
+    return lambda texts: model.encode(texts, batch_size=32, truncation="ignore", threads=threads, prefix="")
 
 
 def engine_transformers(directory, sort, max_length):
