@@ -403,7 +403,8 @@ def build_parser():
         "Embed texts given as arguments, read from --input (one per line, blank lines too, so that output row i "
         "is line i; or JSON lines with --field) or from stdin. Prints one JSON array per text, or writes --output "
         "as .npy or .jsonl (each text, or each input record with all its fields, plus its \"embedding\"). "
-        "Streams: any input size runs in bounded memory."))
+        "Streams: any input size runs in bounded memory. Without --query or --passage the texts are embedded as "
+        "they are (with the default prompt a sentence-transformers checkpoint may name, as encode() adds it)."))
     embed.add_argument("texts", nargs="*", default=[], help="texts to embed")
     model_option(embed)
     prefix_options(embed)
