@@ -382,7 +382,7 @@ def load_default_prompt(directory):
     prompt = prompts[name]
     if prompt is not None and not isinstance(prompt, str):
         raise CheckpointError(f"{path}: prompts[{name!r}] must be a string, got {prompt!r}")
-    return prompt or ""                                                # null: no prompt, as sentence-transformers reads it
+    return prompt or ""                                                # null: no prompt (sentence-transformers too)
 
 
 # The prompts for queries and passages: the first of these names declared, as sentence-transformers' encode_query
