@@ -248,10 +248,7 @@ class Model:
         names as its default_prompt_name, as sentence-transformers' encode adds it; "" for most models, E5 too).
         """
         texts, single = as_text_list(texts)
-        prefix = self.default_prefix if prefix is None else prefix
-        check_prefix("prefix", prefix)
-        if prefix:
-            texts = [prefix + text for text in texts]
+        texts = self._prefixed(texts, prefix)
         batch_size = check_positive_int("batch_size", batch_size)
         if truncation not in ("warn", "ignore", "error"):
             raise ValueError(f"truncation must be 'warn', 'ignore' or 'error', got {truncation!r}")
@@ -272,6 +269,12 @@ class Model:
         if truncated and truncation == "warn":
             warnings.warn(self._truncation_message(truncated, len(texts)), TruncationWarning, stacklevel=2)
         return vectors[0] if single else vectors
+
+    def _prefixed(self, texts, prefix=None):
+        """texts (a list) with prefix added to each; None is the model's default_prefix ("" for most models)."""
+        prefix = self.default_prefix if prefix is None else prefix
+        check_prefix("prefix", prefix)
+        return [prefix + text for text in texts] if prefix else texts
 
     def _tokenized_windows(self, texts):
         """(start, encodings of texts[start:start + ENCODE_WINDOW]) for each window: bounded memory."""

@@ -60,8 +60,7 @@ def parse_request(body, max_inputs):
 
 
 def embeddings_response(model, texts, encoding, model_name, workers, truncation="ignore"):
-    if model.default_prefix:                          # a declared default prompt, as model.encode() adds it
-        texts = [model.default_prefix + text for text in texts]
+    texts = model._prefixed(texts)                    # a default prompt the checkpoint names, as model.encode() adds
     encodings = encode_batch(model.tokenizer, texts)  # once: for the vectors and the usage count
     too_long = overflowing(encodings)
     if too_long and truncation == "error":                             # as OpenAI's API refuses over-long input

@@ -117,3 +117,15 @@ def make_tiny(directory=TINY_DIR):
         "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
         "mask_token": "[MASK]"}, indent=2) + "\n")
     return directory
+
+
+SEARCH_PROMPTS = {"prompts": {"query": "search_query: ", "document": "search_document: "},
+                  "default_prompt_name": "query"}
+
+
+def with_prompts(source, directory, settings=SEARCH_PROMPTS):
+    """A copy of the checkpoint at source whose config_sentence_transformers.json holds settings (by default: query
+    and document prompts, the query one named default_prompt_name)."""
+    shutil.copytree(source, directory)
+    (Path(directory) / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    return Path(directory)

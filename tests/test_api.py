@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import e5np
+from tests.checkpoints import SEARCH_PROMPTS, with_prompts
 from tests.corpus import LONG_TEXT
 from tests.row_independence import assert_same_vectors
 
@@ -80,21 +81,10 @@ def test_empty_prompts_as_sentence_transformers_6_saves_them_declare_nothing(che
         assert e5np.load(directory).prefixes == prefixes
 
 
-def with_default_prompt(checkpoint_dirs, directory, default="query"):
-    """The tiny checkpoint with prompts declared and one of them named default_prompt_name."""
-    import json
-    import shutil
-
-    shutil.copytree(checkpoint_dirs["tiny"], directory)
-    (directory / "config_sentence_transformers.json").write_text(json.dumps(
-        {"prompts": {"query": "search_query: ", "document": "search_document: "}, "default_prompt_name": default}))
-    return directory
-
-
 def test_encode_adds_a_declared_default_prompt(checkpoint_dirs, tmp_path):
     """sentence-transformers' encode() adds the prompt config_sentence_transformers.json names as default_prompt_name;
     e5np's added nothing, so the same call gave other vectors."""
-    model = e5np.load(with_default_prompt(checkpoint_dirs, tmp_path / "model"))
+    model = e5np.load(with_prompts(checkpoint_dirs["tiny"], tmp_path / "model"))
     plain = e5np.load(checkpoint_dirs["tiny"])
     texts = ["a cat", "a kitten"]
     assert model.default_prefix == "search_query: " and plain.default_prefix == ""
@@ -116,7 +106,8 @@ def test_a_default_prompt_name_that_names_no_prompt_is_refused(checkpoint_dirs, 
     from e5np.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match=re.escape(words)):
-        e5np.load(with_default_prompt(checkpoint_dirs, tmp_path / "model", default))
+        e5np.load(with_prompts(checkpoint_dirs["tiny"], tmp_path / "model",
+                               dict(SEARCH_PROMPTS, default_prompt_name=default)))
 
 
 def test_normalize_false_returns_the_mean_pooled_vector(minilm):

@@ -1,7 +1,5 @@
 """tools/bench.py: its corpora are what its help says, its ceiling measures the model's own shapes, and it runs."""
 
-import json
-import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +9,7 @@ import numpy as np
 import pytest
 
 import e5np
-from tests.checkpoints import TINY_DIR
+from tests.checkpoints import TINY_DIR, with_prompts
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import bench  # noqa: E402
@@ -56,11 +54,8 @@ def test_ceiling_reports_numpy_in_gflops(load_model):
 
 def test_e5np_engine_embeds_the_texts_as_the_other_engines_take_them(tmp_path):
     """No default prompt (a checkpoint may name one, which encode() adds): the engines must embed the same texts."""
-    shutil.copytree(TINY_DIR, tmp_path / "model")
-    (tmp_path / "model" / "config_sentence_transformers.json").write_text(json.dumps(
-        {"prompts": {"query": "query: "}, "default_prompt_name": "query"}))
     texts = ["a cat", "hello world"]
-    np.testing.assert_array_equal(bench.engine_e5np(tmp_path / "model", 1)(texts),
+    np.testing.assert_array_equal(bench.engine_e5np(with_prompts(TINY_DIR, tmp_path / "model"), 1)(texts),
                                   e5np.load(TINY_DIR).encode(texts, threads=1))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import e5np
-from tests.checkpoints import TINY_DIR
+from tests.checkpoints import TINY_DIR, with_prompts
 from tests.row_independence import assert_same_vectors
 
 
@@ -37,12 +37,7 @@ def test_embed_query_prefix_and_npy_output(tiny, tmp_path):
 
 
 def test_embed_adds_a_declared_default_prompt_as_encode_does(tiny, tmp_path):
-    import shutil
-
-    model = tmp_path / "model"
-    shutil.copytree(TINY_DIR, model)
-    (model / "config_sentence_transformers.json").write_text(json.dumps(
-        {"prompts": {"query": "search_query: ", "document": "search_document: "}, "default_prompt_name": "query"}))
+    model = with_prompts(TINY_DIR, tmp_path / "model")
     for flags, prefix in [([], "search_query: "), (["--passage"], "search_document: ")]:
         result = e5np_cli("embed", "-m", model, *flags, "hello world", "the cat", "-o", tmp_path / "v.npy")
         assert result.returncode == 0, result.stderr

@@ -9,6 +9,7 @@ import pytest
 
 import e5np
 from e5np.checkpoint import CheckpointError
+from tests.checkpoints import with_prompts
 from tests.conftest import load_reference
 
 ST_MODES = ["cls", "mean", "max", "mean_sqrt_len"]
@@ -260,9 +261,7 @@ PASSAGE_PROMPT = ({"prompts": {"query": "q: ", "passage": "p: ", "corpus": "c: "
 
 @pytest.mark.parametrize("settings, added", PROMPT_CONFIGS + [PASSAGE_PROMPT])
 def test_prompts_as_sentence_transformers_reads_them(checkpoint_dirs, tmp_path, settings, added):
-    directory = tmp_path / "st"
-    shutil.copytree(checkpoint_dirs["st-cls"], directory)
-    (directory / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    directory = with_prompts(checkpoint_dirs["st-cls"], tmp_path / "st", settings)
     model, plain = e5np.load(directory), e5np.load(checkpoint_dirs["st-cls"])
     texts = ["hello world", "a"]
     for call, prefix in zip(["encode", "encode_queries", "encode_passages"], added):
@@ -275,9 +274,7 @@ def test_prompts_against_live_sentence_transformers(checkpoint_dirs, tmp_path, s
     """encode() adds the default prompt, encode_queries / encode_passages their own, as sentence-transformers'
     encode, encode_query and encode_document do."""
     SentenceTransformer = pytest.importorskip("sentence_transformers").SentenceTransformer
-    directory = tmp_path / "st"
-    shutil.copytree(checkpoint_dirs["st-cls"], directory)
-    (directory / "config_sentence_transformers.json").write_text(json.dumps(settings))
+    directory = with_prompts(checkpoint_dirs["st-cls"], tmp_path / "st", settings)
     texts = ["hello world", "a", "the cat sat on the mat " * 3]
     theirs = SentenceTransformer(str(directory), device="cpu")
     ours = e5np.load(directory)

@@ -11,7 +11,7 @@ import pytest
 
 import e5np
 from e5np.server import float_vectors_from_base64, make_server, serve_in_thread
-from tests.checkpoints import TINY_DIR
+from tests.checkpoints import TINY_DIR, with_prompts
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +69,7 @@ def test_null_options_are_the_defaults(server, tiny):
 def test_a_declared_default_prompt_is_added_as_encode_adds_it(tiny, tmp_path):
     """An OpenAI request has no field for a prompt: inputs get the checkpoint's default prompt, as model.encode() and
     sentence-transformers' encode() give them, and usage counts its tokens."""
-    import shutil
-
-    directory = tmp_path / "model"
-    shutil.copytree(TINY_DIR, directory)
-    (directory / "config_sentence_transformers.json").write_text(json.dumps(
-        {"prompts": {"query": "search_query: "}, "default_prompt_name": "query"}))
-    model = e5np.load(directory)
+    model = e5np.load(with_prompts(TINY_DIR, tmp_path / "model"))
     srv = make_server(model, "127.0.0.1", 0, model_name="prompted", max_body_bytes=64 * 1024, max_inputs=16)
     serve_in_thread(srv)
     try:
