@@ -366,13 +366,19 @@ def _read_pooling(path):
     return mode
 
 
+def _prompt_settings(directory):
+    """(path, the object in config_sentence_transformers.json): {} when there is none, or it holds no object."""
+    path = Path(directory) / ST_PROMPTS_FILE
+    settings = read_json(path) if path.is_file() else {}
+    return path, settings if isinstance(settings, dict) else {}
+
+
 def load_default_prompt(directory):
     """The prompt sentence-transformers' encode() adds to texts given no other: config_sentence_transformers.json's
     prompts[default_prompt_name], "" when it names none. A name that is not among the prompts is refused, as
     sentence-transformers refuses it."""
-    path = Path(directory) / ST_PROMPTS_FILE
-    settings = read_json(path) if path.is_file() else {}
-    name = settings.get("default_prompt_name") if isinstance(settings, dict) else None
+    path, settings = _prompt_settings(directory)
+    name = settings.get("default_prompt_name")
     if name is None:
         return ""
     prompts = settings.get("prompts")
@@ -395,9 +401,7 @@ def load_prompts(directory):
     """Query/passage prompts declared in config_sentence_transformers.json, if any. An empty prompt is no
     declaration: sentence-transformers 6 saves {"query": "", "document": ""} for a model given none (an E5
     fine-tuned and saved with it still wants E5's prefixes)."""
-    path = Path(directory) / ST_PROMPTS_FILE
-    settings = read_json(path) if path.is_file() else {}
-    prompts = settings.get("prompts") if isinstance(settings, dict) else None
+    prompts = _prompt_settings(directory)[1].get("prompts")
     if not isinstance(prompts, dict):
         return {}
     found = {}
