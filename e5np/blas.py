@@ -1,42 +1,110 @@
-"""One BLAS thread per e5np worker thread, so workers running whole batches don't oversubscribe the cores; and how
-many cores there are to keep busy.
+"""One BLAS thread while e5np's workers each run whole batches, so they don't oversubscribe the cores; and how many
+cores there are to keep busy.
 
-NumPy has no API for this. NumPy's wheels bundle OpenBLAS, whose `openblas_set_num_threads_local`
-(OpenBLAS >= 0.3.27) sets the thread count for the calling thread only; we call it through ctypes.
-With any other BLAS (MKL, Accelerate, an older OpenBLAS) this does nothing and e5np stays correct.
+NumPy has no API for BLAS threads. Its wheels bundle OpenBLAS, which exports openblas_get_num_threads and
+openblas_set_num_threads (under the names of the build: scipy_openblas_set_num_threads64_ in NumPy 2's wheels);
+we call them through ctypes. The count they set is the whole process's, as is, in the pthreads builds NumPy
+ships, the one openblas_set_num_threads_local sets (and NumPy 2.5's OpenBLAS no longer exports that one). So
+`one_blas_thread()` sets it for as long as some workers run and puts back what it found when the last of them
+finish. With any other BLAS (MKL, Accelerate) it does nothing and e5np stays correct.
 """
 
+import contextlib
 import ctypes
 import functools
 import glob
 import math
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
+# (get, set) as each kind of OpenBLAS build names them: NumPy 2's wheels (scipy-openblas, 64-bit integers), the
+# 32-bit-integer scipy-openblas, NumPy 1's wheels (openblas64_), and a plain OpenBLAS (a system's, conda's). The
+# Fortran-style names (openblas_set_num_threads_, ..._64_) take a pointer, not an int: not these.
+THREAD_FUNCTIONS = [(f"{prefix}openblas_get_num_threads{suffix}", f"{prefix}openblas_set_num_threads{suffix}")
+                    for prefix, suffix in (("scipy_", "64_"), ("scipy_", ""), ("", "64_"), ("", ""))]
+
+
+def openblas_candidates(numpy_dir=os.path.dirname(np.__file__), maps="/proc/self/maps"):
+    """Paths of the OpenBLAS libraries NumPy may be using: the one its wheel bundles (numpy.libs on Linux and
+    Windows, numpy/.dylibs on macOS), then any other this process has loaded (Linux: a conda or system NumPy's)."""
+    bundled = [path for pattern in (os.path.join(os.path.dirname(numpy_dir), "numpy.libs", "*openblas*"),
+                                    os.path.join(numpy_dir, ".dylibs", "*openblas*"))
+               for path in sorted(glob.glob(pattern))]
+    try:
+        with open(maps) as lines:                                      # address perms offset dev inode path
+            loaded = [fields[5] for fields in (line.rstrip("\n").split(None, 5) for line in lines)
+                      if len(fields) == 6 and "openblas" in os.path.basename(fields[5])]
+    except OSError:                                                    # not Linux
+        loaded = []
+    return list(dict.fromkeys(bundled + loaded))
+
 
 @functools.lru_cache(maxsize=None)
-def _openblas():
-    libs = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(libs, "*openblas*"))):
+def openblas_threads():
+    """(get, set) for the thread count of the OpenBLAS NumPy uses, or None where there is none to find."""
+    for path in openblas_candidates():
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        if hasattr(lib, "openblas_set_num_threads_local"):
-            lib.openblas_set_num_threads_local.argtypes = [ctypes.c_int]
-            return lib
+        for get_name, set_name in THREAD_FUNCTIONS:
+            get, set_ = getattr(lib, get_name, None), getattr(lib, set_name, None)
+            if get and set_:
+                get.argtypes, get.restype, set_.argtypes, set_.restype = [], ctypes.c_int, [ctypes.c_int], None
+                return get, set_
     return None
 
 
-def use_one_blas_thread():
-    """Make BLAS calls from the current thread single-threaded. True if it could."""
-    lib = _openblas()
-    if lib is None:
-        return False
-    lib.openblas_set_num_threads_local(1)
-    return True
+def blas_threads():
+    """The thread count of NumPy's OpenBLAS now, or None where it cannot be read."""
+    functions = openblas_threads()
+    return functions[0]() if functions else None
+
+
+_held = {"blocks": 0, "found": None}
+_held_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """NumPy's BLAS on one thread while the block runs: for worker threads that each run a whole batch. Two
+    workers whose matrix products each took both cores ran e5np 1.3-1.4x slower (short queries, 2 cores). Blocks
+    may overlap (several encode() calls at once): the count found by the first is put back when the last ends.
+    Other threads' BLAS calls meanwhile run on one thread too, as the count is the process's."""
+    functions = openblas_threads()
+    if functions is None:
+        yield
+        return
+    get, set_ = functions
+    with _held_lock:
+        if _held["blocks"] == 0:
+            _held["found"] = get()
+            set_(1)
+        _held["blocks"] += 1
+    try:
+        yield
+    finally:
+        with _held_lock:
+            _held["blocks"] -= 1
+            if _held["blocks"] == 0:
+                set_(_held["found"])
+
+
+def _after_fork_in_child():
+    """A child forked while workers ran has none of them: it starts with the count the parent found, and a lock
+    no thread of the parent may be holding."""
+    global _held_lock
+    _held_lock = threading.Lock()
+    if _held["blocks"]:
+        _held["blocks"] = 0
+        openblas_threads()[1](_held["found"])
+
+
+if hasattr(os, "register_at_fork"):                                    # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def available_cpus(cgroup_root="/sys/fs/cgroup", proc_self_cgroup="/proc/self/cgroup"):

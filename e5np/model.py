@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import bert
-from .blas import available_cpus, use_one_blas_thread
+from .blas import available_cpus, one_blas_thread
 from .checkpoint import load_config, load_default_prompt, load_prompts, load_sentence_transformers_head, load_weights
 from .hub import resolve
 from .tokenizer import encode_batch, load_tokenizer, model_max_length, not_unicode, overflowing, pad, tokenize
@@ -312,7 +312,7 @@ class Model:
         if workers is None and threads == self.threads:
             workers = self._shared_workers()
         shared = workers is not None                                       # a shared pool outlives this call
-        with nullcontext(workers) if shared else ThreadPoolExecutor(threads, initializer=use_one_blas_thread) as pool:
+        with one_blas_thread(), nullcontext(workers) if shared else ThreadPoolExecutor(threads) as pool:
             futures = [pool.submit(embed, rows) for rows in batches]      # the costliest batches start first
             try:
                 for rows, future in zip(batches, futures):
@@ -337,8 +337,7 @@ class Model:
             if threads != self.threads:                                # first use, or model.threads was set since:
                 # a new pool; the old one is let go, not shut down, as a call may be about to hand it batches.
                 # Its threads end once no call holds it (ThreadPoolExecutor wakes them when it is collected).
-                workers = ThreadPoolExecutor(self.threads, thread_name_prefix="e5np-worker",
-                                             initializer=use_one_blas_thread)
+                workers = ThreadPoolExecutor(self.threads, thread_name_prefix="e5np-worker")
                 self._workers = workers, self.threads
             return workers
 

@@ -39,7 +39,6 @@ import sys
 import tempfile
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -202,13 +201,10 @@ def matmul_rate(products, flops, seconds=0.3):
 
 def numpy_rate(pairs, flops):
     """NumPy's BLAS (OpenBLAS in its wheels) on one thread, as each e5np worker runs it."""
-    from e5np import blas
+    from e5np.blas import one_blas_thread
 
-    def on_one_blas_thread():                                 # openblas_set_num_threads_local is per thread
-        blas.use_one_blas_thread()
+    with one_blas_thread():
         return matmul_rate([functools.partial(np.matmul, x, w) for x, w in pairs], flops)
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(on_one_blas_thread).result()
 
 
 def torch_rate(pairs, flops):

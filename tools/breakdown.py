@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 import bench  # noqa: E402  the corpus
 import e5np  # noqa: E402
 from e5np import bert  # noqa: E402
-from e5np.blas import use_one_blas_thread  # noqa: E402
+from e5np.blas import one_blas_thread  # noqa: E402
 
 # bert's functions, outermost last, and the part of the forward pass each one's own time counts for
 PARTS = {
@@ -141,13 +141,11 @@ def main():
     if args.threads < 1 or args.texts < 1:
         parser.error("--threads and --texts must be at least 1")
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, one_blas_thread():   # one worker too: on one BLAS thread
         report(args, bench.checkpoint_directory(args.model, tmp), tmp)
 
 
 def report(args, directory, workdir):
-    if args.threads == 1:
-        use_one_blas_thread()                                          # several workers set their own
     model = e5np.load(directory)
     texts = bench.make_corpus(model, args.corpus, args.texts)
     tokens = int(model.tokenize(texts).lengths.sum())
