@@ -112,7 +112,7 @@ def engine_sentence_transformers(directory, max_length):
     from sentence_transformers import SentenceTransformer, models
 
     word = models.Transformer(str(directory), max_seq_length=max_length)
-    model = SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean")],
+    model = SentenceTransformer(modules=[word, models.Pooling(word.auto_model.config.hidden_size, "mean")],
                                 device="cpu")
     return lambda texts: model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
 
