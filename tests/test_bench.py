@@ -72,17 +72,23 @@ def test_engine_failing_in_its_process_is_named(tmp_path):
 
 
 @pytest.mark.live
-def test_bench_runs_end_to_end():
-    """The whole tool on the tiny checkpoint against transformers: a table row per engine, vectors that agree.
-    Mixed texts run past the tiny model's 128 positions: every engine must truncate where e5np does."""
+def run_bench(*engines):
+    """tools/bench.py on the tiny checkpoint, one run of 40 mixed texts (past the tiny model's 128 positions: every
+    engine must truncate where e5np does): (the process's result, its table's cells by engine)."""
     result = subprocess.run([sys.executable, str(BENCH), "--model", str(TINY_DIR), "--corpus", "mixed",
-                             "--texts", "40", "--runs", "1", "--engines", "e5np,hf-sdpa-sorted"],
+                             "--texts", "40", "--runs", "1", "--engines", ",".join(engines)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    if "skipping hf-sdpa-sorted: transformers" in result.stderr and "has no SDPA attention" in result.stderr:
-        pytest.skip("this transformers has no SDPA attention for BERT (4.41+ has), so no engine to compare with")
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
             if line.startswith("| ") and not line.startswith("| engine")}
+    return result, rows
+
+
+def test_bench_runs_end_to_end():
+    """The whole tool against transformers: a table row per engine, vectors that agree."""
+    result, rows = run_bench("e5np", "hf-sdpa-sorted")
+    if "skipping hf-sdpa-sorted: transformers" in result.stderr and "has no SDPA attention" in result.stderr:
+        pytest.skip("this transformers has no SDPA attention for BERT (4.41+ has), so no engine to compare with")
     assert set(rows) == {"e5np", "hf-sdpa-sorted"}
     assert rows["e5np"][2].strip() == "1.00x"
     assert all(float(cells[3]) >= 0.99999 for cells in rows.values()), result.stdout   # min cosine vs e5np
@@ -92,16 +98,20 @@ def test_bench_runs_end_to_end():
 
 
 @pytest.mark.live
+def test_sentence_transformers_and_corpus_order_engines_agree_with_e5np():
+    pytest.importorskip("sentence_transformers")
+    result, rows = run_bench("e5np", "hf-sdpa", "sentence-transformers")
+    assert set(rows) == {"e5np", "hf-sdpa", "sentence-transformers"}, result.stdout + result.stderr
+    assert all(float(cells[3]) >= 0.99999 for cells in rows.values()), result.stdout   # min cosine vs e5np
+    assert "disagrees" not in result.stderr and "skipping" not in result.stderr
+
+
+@pytest.mark.live
 def test_onnxruntime_engines_agree_with_e5np():
-    """Both ONNX Runtime engines (the export from transformers, and the fused model onnxruntime's BERT optimizer makes
-    of it) on mixed texts past the tiny model's 128 positions: they must truncate where e5np does."""
+    """Both ONNX Runtime engines: the export from transformers, and the fused model onnxruntime's BERT optimizer makes
+    of it."""
     pytest.importorskip("onnxruntime")
-    result = subprocess.run([sys.executable, str(BENCH), "--model", str(TINY_DIR), "--corpus", "mixed",
-                             "--texts", "40", "--runs", "1", "--engines", "e5np,ort-sorted,ort-fused-sorted"],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
-            if line.startswith("| ") and not line.startswith("| engine")}
+    result, rows = run_bench("e5np", "ort-sorted", "ort-fused-sorted")
     assert set(rows) == {"e5np", "ort-sorted", "ort-fused-sorted"}, result.stdout + result.stderr
     assert all(float(cells[3]) >= 0.99999 for cells in rows.values()), result.stdout   # min cosine vs e5np
     assert "disagrees" not in result.stderr and "skipping" not in result.stderr
