@@ -71,7 +71,6 @@ def test_engine_failing_in_its_process_is_named(tmp_path):
         bench.EngineProcess("e5np", str(tmp_path / "no-such-model"), None, str(tmp_path), 512)
 
 
-@pytest.mark.live
 def run_bench(*engines):
     """tools/bench.py on the tiny checkpoint, one run of 40 mixed texts (past the tiny model's 128 positions: every
     engine must truncate where e5np does): (the process's result, its table's cells by engine)."""
@@ -84,6 +83,7 @@ def run_bench(*engines):
     return result, rows
 
 
+@pytest.mark.live
 def test_bench_runs_end_to_end():
     """The whole tool against transformers: a table row per engine, vectors that agree."""
     result, rows = run_bench("e5np", "hf-sdpa-sorted")
