@@ -55,15 +55,19 @@ def test_embeddings(live):
 def test_every_layer_and_attention(live):
     """Same padded batch through both engines: every layer's real tokens and every attention map.
 
-    Float32 rounding moves attention probabilities by ~1e-5 in either engine, so attention is judged
-    against the float64 ground truth: e5np-float32 must be as close to it as transformers-float32.
+    Both are judged against the float64 ground truth: e5np-float32 must be within 1e-5 of it and as close to it
+    as transformers-float32. Their difference from each other holds both engines' rounding: transformers 4.40's
+    float32 drifts 6.9e-6 from the truth in all-MiniLM's fifth layer on an AVX2 CPU (e5np 3.6e-6), and the two
+    were 1.0014e-5 apart. Float32 rounding moves attention probabilities by ~1e-5 in either engine.
     """
-    _, model, texts, ref, _, attentions = live
+    _, model, texts, ref, truth, attentions = live
     forward = model.forward(texts)
     real = ref.attention_mask.astype(bool)
-    for layer, (ours, theirs) in enumerate(zip(forward.hidden_states, ref.hidden_states)):
-        assert np.abs(ours[real] - theirs[real]).max() <= 1e-5, f"hidden state {layer}"
-    assert np.abs(forward.pooled - ref.pooled).max() <= 1e-5
+    for layer, (ours, theirs, exact) in enumerate(zip(forward.hidden_states, ref.hidden_states, truth.hidden_states)):
+        our_error, their_error = (np.abs(h[real] - exact[real]).max() for h in (ours, theirs))
+        assert our_error <= 1e-5, f"hidden state {layer}: {our_error:.2e} from float64"
+        assert our_error <= 2 * their_error + 1e-6, f"hidden state {layer}: {our_error:.2e} vs {their_error:.2e}"
+    assert np.abs(forward.pooled - truth.pooled).max() <= 1e-5
     for group, group_ref, group_truth in attentions:
         maps = model.forward(group, output_attentions=True).attentions
         real_queries = group_ref.attention_mask.astype(bool)[:, None, :, None]  # e5np skips padded query positions
