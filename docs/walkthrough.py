@@ -78,8 +78,9 @@ def walkthrough(model, text, label):
     out.append(f"\n## 3. Self-attention, layer 1, head {h} ({link(bert.self_attention)})\n")
     out.append(f"The {H}-wide vectors are projected to queries, keys and values and split into {N} heads of {D}. "
                f"Head {h}'s score of query token i for key token j is q_i · k_j / sqrt({D}); softmax over j turns "
-               f"each row into weights ({link(bert.softmax_base2)}: e5np scales the scores by log2(e) and takes 2^x, "
-               f"NumPy's faster and more accurate exponential; e^s = 2^(s·log2 e)). Row for `[CLS]`:\n")
+               f"each row into weights ({link(bert.softmax_in_exp_units)}: on CPUs where NumPy's 2^x is vectorized, "
+               f"e5np scales the scores by log2(e) and takes 2^x, faster and more accurate there than e^x; "
+               f"e^s = 2^(s·log2 e)). Row for `[CLS]`:\n")
     out.append("| key | " + " | ".join(f"`{tok}`" for tok in tokens) + " |")
     out.append("|---|" + "---|" * T)
     out.append("| score | " + " | ".join(f"{s:+.3f}" for s in scores[0]) + " |")

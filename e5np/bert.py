@@ -19,9 +19,26 @@ import math
 
 import numpy as np
 
-# e^x = 2^(x log2 e). NumPy's exp2 measured twice as fast as its exp here, and more accurate (within 1 ulp, not 2.5),
-# so the exponentials here are powers of two: GELU's Gaussian, and softmax over scores measured in bits.
-LOG2_E = math.log2(math.e)
+
+# --- exponentials --------------------------------------------------------------------------------
+# GELU's Gaussian and softmax take e^y as EXP(y * EXP_UNITS), the scale folded into the constants they already
+# multiply by. Which function is faster depends on the CPU: NumPy vectorizes exp2 only in its AVX-512 loops, where
+# it is twice as fast as exp and more accurate (within 1 ulp, not 2.5): there e^y = 2^(y log2 e). Elsewhere exp2 is
+# a scalar loop at twice exp's cost (AVX2: 2.5 ns an element against 1.3), and e^y is exp(y).
+def exp2_is_vectorized(dispatch=None):
+    """Whether NumPy's float32 exp2 runs a SIMD loop on this CPU. dispatch: numpy.lib.introspect.opt_func_info's
+    answer for it (NumPy >= 2.0), which names the loop in use; "baseline" is the plain C loop."""
+    if dispatch is None:
+        try:
+            from numpy.lib.introspect import opt_func_info
+        except ImportError:                                            # NumPy 1: no way to tell, and exp is safe
+            return False
+        dispatch = opt_func_info(func_name="^exp2$", signature="float32")
+    return not dispatch.get("exp2", {}).get("ff", {}).get("current", "baseline").startswith("baseline")
+
+
+EXP, EXP_UNITS = (np.exp2, math.log2(math.e)) if exp2_is_vectorized() else (np.exp, 1.0)
+
 
 # --- GELU ----------------------------------------------------------------------------------------
 # GELU(x) = x Φ(x), Φ the standard normal CDF. Writing Q(z) = 1 - Φ(z) for the upper tail,
@@ -55,9 +72,9 @@ def normal_tail(x):
     s = x + 2 * math.sqrt(2)
     np.divide(x, s, out=s)                                             # a / (2 + a) with a = x/√2, in [0, 1)
     with np.errstate(over="ignore"):                                   # x² = inf past 1.8e19; 2^-inf = 0 is right
-        gaussian = x * (-0.5 * LOG2_E)
-        gaussian *= x                                                  # -x²/2 in bits: e^{-x²/2} = 2^{-x² log2(e)/2}
-        np.exp2(gaussian, out=gaussian)                                # e^{-x²/2}
+        gaussian = x * (-0.5 * EXP_UNITS)
+        gaussian *= x                                                  # -x²/2, in EXP's units
+        EXP(gaussian, out=gaussian)                                    # e^{-x²/2}
     gaussian *= polynomial(NORMAL_TAIL, s)
     return gaussian                                                    # e^{-x²/2} R(s)
 
@@ -135,11 +152,11 @@ def row_max(x):
     return peak
 
 
-def softmax_base2(x):
-    """2^x / Σ 2^x along the last axis: the softmax of x·ln2. Attention measures its scores in bits
-    (times log2 e) so that it can use exp2 (see LOG2_E)."""
+def softmax_in_exp_units(x):
+    """EXP(x) / Σ EXP(x) along the last axis: the softmax of x / EXP_UNITS. Attention measures its scores in
+    EXP's units (see EXP), the scale folded into its 1/√D."""
     e = x - row_max(x)                                                 # shift for overflow safety
-    np.exp2(e, out=e)                                                  # in place: e is ours
+    EXP(e, out=e)                                                      # in place: e is ours
     e /= e.sum(axis=-1, keepdims=True)
     return e
 
@@ -183,7 +200,7 @@ def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=Fa
     first_row = np.concatenate([[0], np.cumsum(lengths)])              # text b is rows first_row[b]:first_row[b+1]
     longest = int(lengths.max(initial=0))
     probs = np.zeros((len(lengths), n_heads, longest, longest), x.dtype) if keep_probs else None
-    in_bits = LOG2_E / math.sqrt(D)                                    # q·k/√D, measured in bits (for exp2)
+    scale = EXP_UNITS / math.sqrt(D)                                   # q·k/√D, in EXP's units
     for start, stop, L in equal_length_runs(lengths, cost=lambda L: n_heads * L * L, budget=SCORES_PER_STEP):
         rows = slice(first_row[start], first_row[stop])                # n texts of L tokens, end to end
 
@@ -195,8 +212,8 @@ def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=Fa
         for first in range(0, n_heads, heads_per_step):
             heads = slice(first, first + heads_per_step)               # h heads
             scores = q_run[:, heads] @ k_run[:, heads].swapaxes(-1, -2)  # [n, h, L, D] @ [n, h, D, L] -> [n, h, L, L]
-            scores *= in_bits
-            p = softmax_base2(scores)                                  # each query's weights over keys sum to 1
+            scores *= scale
+            p = softmax_in_exp_units(scores)                           # each query's weights over keys sum to 1
             np.matmul(p, v_run[:, heads], out=context_run[:, heads])   # [n, h, L, L] @ [n, h, L, D], into context
             if keep_probs:
                 probs[start:stop, heads, :L, :L] = p

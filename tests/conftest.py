@@ -37,6 +37,21 @@ def load_reference(name):
     return ref
 
 
+EXPONENTIALS = {"exp2": (np.exp2, float(np.log2(np.e))), "exp": (np.exp, 1.0)}
+
+
+@pytest.fixture(params=sorted(EXPONENTIALS))
+def exponential(request, monkeypatch):
+    """Each of the exponentials e5np.bert may take (e5np.bert.EXP: exp2 on CPUs where NumPy vectorizes it, exp
+    elsewhere), whichever this CPU gets: the name, with bert.EXP and bert.EXP_UNITS set to it for the test."""
+    from e5np import bert
+
+    EXP, EXP_UNITS = EXPONENTIALS[request.param]
+    monkeypatch.setattr(bert, "EXP", EXP)
+    monkeypatch.setattr(bert, "EXP_UNITS", EXP_UNITS)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def e5_shaped_dir(tmp_path_factory):
     directory, digest = make_e5_shaped(tmp_path_factory.mktemp("e5-shaped") / "e5-small")

@@ -16,7 +16,7 @@ def erf_reference(x):
     return np.array([math.erf(v) for v in np.asarray(x, dtype=np.float64).ravel()]).reshape(np.shape(x))
 
 
-def test_normal_tail_float32_relative_error():
+def test_normal_tail_float32_relative_error(exponential):
     # Q(x) = erfc(x/√2)/2. Its only rounding that grows with x is x² inside e^{-x²/2}: a half-ulp
     # error in x² is a relative error of x²/2 ulps in the exponential. Bound: 4 ulps * (1 + x²/2).
     x = np.concatenate([np.linspace(0, 8.485, 600_001), np.geomspace(1e-38, 1, 2000), [0.0, 1.0, 4.0]])
@@ -39,7 +39,7 @@ def test_normal_tail_coefficients_are_what_tools_fit_gelu_fits():
     assert error <= 1.3e-8
 
 
-def test_normal_tail_far_out_is_zero_not_nan():
+def test_normal_tail_far_out_is_zero_not_nan(exponential):
     assert bert.normal_tail(np.float32([40, 1e6, 1e18])).tolist() == [0, 0, 0]
     assert np.isnan(bert.normal_tail(np.float32([np.nan]))).all()
 
@@ -49,7 +49,7 @@ def test_erf_float64_is_the_c_library_erf():
     np.testing.assert_array_equal(bert.erf(x), erf_reference(x))
 
 
-def test_gelu_matches_float64_definition():
+def test_gelu_matches_float64_definition(exponential):
     x = (rng.standard_normal(100_000) * 4).astype(np.float32)
     x64 = x.astype(np.float64)
     want = x64 * 0.5 * (1 + erf_reference(x64 / math.sqrt(2)))
@@ -59,7 +59,7 @@ def test_gelu_matches_float64_definition():
     assert error_in_ulps_of_x.max() <= 2
 
 
-def test_gelu_negative_side_is_relatively_accurate():
+def test_gelu_negative_side_is_relatively_accurate(exponential):
     # relu(x) - |x| Q(|x|) has no cancellation: small negative outputs keep their relative precision
     # (the textbook x/2 (1 + erf(x/√2)) loses it as erf approaches -1).
     x = -np.linspace(1e-3, 8, 200_001).astype(np.float32)
@@ -69,7 +69,7 @@ def test_gelu_negative_side_is_relatively_accurate():
     assert (relative / (1 + x64 ** 2 / 2)).max() <= 4 * 2.0**-24
 
 
-def test_gelu_edges():
+def test_gelu_edges(exponential):
     x = np.float32([0.0, -0.0, 1e-45, -1e-45, 1e30, -1e30, 40, -40])
     np.testing.assert_array_equal(bert.gelu(x), np.float32([0, 0, 1e-45, 0, 1e30, 0, 40, 0]))
     assert np.isnan(bert.gelu(np.float32([np.nan]))).all()
@@ -90,15 +90,36 @@ def test_layer_norm_eps_matters_for_constant_rows():
     assert np.isfinite(out).all() and (out == 0).all()
 
 
-def test_softmax_base2_matches_float64_and_survives_huge_logits():
+def test_softmax_in_exp_units_matches_float64_and_survives_huge_logits(exponential):
     x = (rng.standard_normal((4, 7, 33)) * 30).astype(np.float32)
-    x64 = x.astype(np.float64)
-    want = np.exp2(x64 - x64.max(-1, keepdims=True))                   # 2^x / Σ 2^x
+    x64 = x.astype(np.float64) / bert.EXP_UNITS                        # the scores x measures, in natural units
+    want = np.exp(x64 - x64.max(-1, keepdims=True))                    # e^x / Σ e^x
     want /= want.sum(-1, keepdims=True)
-    got = bert.softmax_base2(x)
+    got = bert.softmax_in_exp_units(x)
     assert got.dtype == np.float32 and np.abs(got - want).max() <= 1e-6
     big = np.float32([[1e30, 0.0, np.finfo(np.float32).min], [np.finfo(np.float32).max, 0.0, 0.0]])
-    np.testing.assert_allclose(bert.softmax_base2(big), [[1, 0, 0], [1, 0, 0]])
+    np.testing.assert_allclose(bert.softmax_in_exp_units(big), [[1, 0, 0], [1, 0, 0]])
+
+
+@pytest.mark.parametrize("current, vectorized", [("X86_V4", True), ("AVX512_SKX", True), ("baseline(X86_V2)", False),
+                                                 ("baseline(SSE SSE2 SSE3)", False)])
+def test_exp2_is_taken_where_numpy_vectorizes_it(current, vectorized):
+    """NumPy's introspection names the loop exp2 runs (NumPy 2.4: X86_V4, NumPy 2.0-2.3: AVX512_SKX, for its SVML
+    loop on AVX-512 CPUs; baseline for the scalar C loop, which runs at half exp's speed)."""
+    dispatch = {"exp2": {"ff": {"current": current, "available": f"{current} baseline(X86_V2)"}}}
+    assert bert.exp2_is_vectorized(dispatch) is vectorized
+    assert bert.exp2_is_vectorized({}) is False                        # a NumPy that does not say: exp
+
+
+def test_the_exponential_is_the_one_this_numpy_vectorizes():
+    try:
+        from numpy.lib.introspect import opt_func_info
+    except ImportError:
+        assert bert.EXP is np.exp and bert.EXP_UNITS == 1.0
+        return
+    current = opt_func_info(func_name="^exp2$", signature="float32")["exp2"]["ff"]["current"]
+    vectorized = not current.startswith("baseline")
+    assert (bert.EXP, bert.EXP_UNITS) == ((np.exp2, math.log2(math.e)) if vectorized else (np.exp, 1.0)), current
 
 
 def small_params(H=16, F=24, L=2, V=50, P=20, seed=1):
@@ -185,8 +206,8 @@ def test_in_blocks_gives_the_same_numbers_as_one_call(block_elements):
     y = r.standard_normal((3, 5, 16)).astype(np.float32)
     g, b = r.standard_normal(16).astype(np.float32), r.standard_normal(16).astype(np.float32)
     np.testing.assert_array_equal(bert.in_blocks(bert.gelu, x, block_elements=block_elements), bert.gelu(x))
-    np.testing.assert_array_equal(bert.in_blocks(bert.softmax_base2, x, block_elements=block_elements),
-                                  bert.softmax_base2(x))
+    np.testing.assert_array_equal(bert.in_blocks(bert.softmax_in_exp_units, x, block_elements=block_elements),
+                                  bert.softmax_in_exp_units(x))
 
     def add_norm(p, q):
         return bert.layer_norm(p + q, g, b, eps=1e-12)

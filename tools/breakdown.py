@@ -8,7 +8,7 @@ time only (not the timed functions it calls), so the parts add up to the whole:
   linear layers         bert.linear: the matrix products BLAS does, plus the bias (GFLOP/s: from the shapes)
   GELU                  bert.gelu
   LayerNorm             bert.layer_norm
-  attention: softmax    bert.softmax_base2
+  attention: softmax    bert.softmax_in_exp_units
   attention: products   bert.self_attention's own work: the q·k and weights·v products, slicing heads
   feed-forward          bert.feed_forward's own work: the bias before GELU, copying each block back
   residual adds         bert.encoder_layer's own work: x + attention, x + feed-forward, copying blocks back
@@ -57,7 +57,7 @@ PARTS = {
     "linear": "linear layers: x @ w + b",
     "gelu": "GELU",
     "layer_norm": "LayerNorm",
-    "softmax_base2": "attention: softmax",
+    "softmax_in_exp_units": "attention: softmax",
     "self_attention": "attention: products (q·k, weights·v), heads",
     "feed_forward": "feed-forward: bias, blocks",
     "encoder_layer": "residual adds, blocks",
