@@ -101,6 +101,19 @@ def test_softmax_in_exp_units_matches_float64_and_survives_huge_logits(exponenti
     np.testing.assert_allclose(bert.softmax_in_exp_units(big), [[1, 0, 0], [1, 0, 0]])
 
 
+@pytest.mark.parametrize("L", [1, 2, 13, 24, 25, 40])  # row_max's two ways: column by column to 24, then by rows
+def test_softmax_survives_a_huge_score_in_any_column(L):
+    # Softmax is safe from overflow only if the max it subtracts is the true one: a max that missed a column
+    # (the last, say) gives the same weights for ordinary scores, and inf / inf = nan for a huge one there.
+    scores = rng.standard_normal((2, 3, L, L)).astype(np.float32)     # [n, h, L, L], attention's shape
+    for column in range(L):
+        huge = scores.copy()
+        huge[..., column] = 1e30
+        np.testing.assert_array_equal(bert.row_max(huge), huge.max(axis=-1, keepdims=True))
+        np.testing.assert_array_equal(bert.softmax_in_exp_units(huge),
+                                      np.broadcast_to(np.eye(L, dtype=np.float32)[column], huge.shape))
+
+
 @pytest.mark.parametrize("current, vectorized", [("X86_V4", True), ("AVX512_SKX", True), ("baseline(X86_V2)", False),
                                                  ("baseline(SSE SSE2 SSE3)", False)])
 def test_exp2_is_taken_where_numpy_vectorizes_it(current, vectorized):
