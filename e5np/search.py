@@ -32,7 +32,9 @@ REBUILD = ".rebuild"  # inside an index directory: the index that will replace i
 
 
 def top_k(vectors, queries, k, chunk_rows=None, block_scores=1 << 20, unit_rows=True):
-    """Indices and cosine scores of the k best rows of `vectors` for each query, best first.
+    """Indices and cosine scores of the k best rows of `vectors` for each query: best first, equal scores by
+    lower row. Duplicate passages (equal vectors, equal scores) are hits in corpus order, the first of them if not
+    all fit, whatever the chunks the vectors are read in.
 
     vectors [n, H] (may be a memory map), queries [q, H] L2-normalized; so are the vectors unless unit_rows is
     false (an index built by an e5np that stored a non-normalizing model's vectors as they came): then each chunk
@@ -52,12 +54,26 @@ def top_k(vectors, queries, k, chunk_rows=None, block_scores=1 << 20, unit_rows=
         scores = np.concatenate([best_scores, queries @ block.T], axis=1)          # [q, kept + chunk]
         rows = np.arange(start, start + len(block))
         index = np.concatenate([best_index, np.broadcast_to(rows, (q, len(rows)))], axis=1)
-        if scores.shape[1] > k:                                                    # keep the k best so far
-            keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-            scores, index = np.take_along_axis(scores, keep, axis=1), np.take_along_axis(index, keep, axis=1)
-        best_scores, best_index = scores, index
-    order = np.argsort(-best_scores, axis=1, kind="stable")
-    return np.take_along_axis(best_index, order, axis=1), np.take_along_axis(best_scores, order, axis=1)
+        best_scores, best_index = best_first(scores, index, k)
+    return best_index, best_scores
+
+
+def best_first(scores, index, k):
+    """The k best of each row of scores [q, m] and their index [q, m], highest score first, equal scores by lower
+    index. Where scores tie, index must rise along the row (top_k's kept best, then a chunk's rows, do): the first
+    ties then have the lowest indices. NaN (a damaged vector) ranks below every number."""
+    if scores.shape[1] > k:
+        kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]       # [q, 1]: each row's k-th highest (NaN last)
+        if np.isnan(kth).any():                                        # a row with fewer than k numbers
+            return best_first(np.fmax(scores, -np.inf), index, k)     # NaN -> -inf: comparable
+        keep = scores >= kth                                           # [q, m]: k a row, unless the k-th score ties
+        if (tied := np.flatnonzero(keep.sum(axis=1) > k)).size:       # then the first ties, as many as fit
+            rows, cut = scores[tied], kth[tied]
+            above, ties = rows > cut, rows == cut
+            keep[tied] = above | (ties & (np.cumsum(ties, axis=1) <= k - above.sum(axis=1, keepdims=True)))
+        scores, index = scores[keep].reshape(-1, k), index[keep].reshape(-1, k)  # k a row, in row order
+    order = np.argsort(-scores, axis=1, kind="stable")                 # ties keep their (index) order
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(index, order, axis=1)
 
 
 def weights_identity(model_directory, known=None):

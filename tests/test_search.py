@@ -23,6 +23,39 @@ def test_top_k_equals_full_sort(n, k, chunk):
     np.testing.assert_allclose(scores, np.take_along_axis(full, expected, axis=1), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("k", [1, 5, 40, 300])
+def test_equal_scores_rank_by_row_in_any_chunks(k):
+    """Duplicate passages score the same: the first rows of them are the hits, in row order, for any chunking and
+    whether a query comes alone or with others (argpartition alone picks among equal scores as it happens to).
+    Each vector is four entries of ±1/2, so every score is a multiple of 1/4, exact in float32 whatever the order a
+    BLAS kernel sums in: ties are real, and many."""
+    rng = np.random.RandomState(k)
+    def unit_rows(n):                                                  # [n, 16], four entries ±1/2 a row
+        rows = np.zeros((n, 16), np.float32)
+        for row in rows:
+            row[rng.choice(16, 4, replace=False)] = rng.choice([-0.5, 0.5], 4)
+        return rows
+    vectors, queries = unit_rows(300), unit_rows(6)
+    exact = queries.astype(np.float64) @ vectors.T.astype(np.float64)
+    want = np.array([sorted(range(300), key=lambda i: (-row[i], i))[:k] for row in exact])
+    for chunk in (None, 1, 7, 64, 299):
+        index, scores = top_k(vectors, queries, k, chunk_rows=chunk)
+        np.testing.assert_array_equal(index, want)
+        np.testing.assert_array_equal(scores, np.take_along_axis(exact, want, axis=1))
+        for q in range(len(queries)):
+            np.testing.assert_array_equal(top_k(vectors, queries[q:q + 1], k, chunk_rows=chunk)[0], want[q:q + 1])
+
+
+def test_nan_scores_rank_last():
+    """A damaged vector (NaN) is never a hit ahead of a number, however many hits are asked for."""
+    vectors = np.eye(6, 4, dtype=np.float32)
+    vectors[2] = np.nan
+    for k in (2, 5, 6):
+        for chunk in (None, 1, 4):
+            index, _ = top_k(vectors, np.eye(4, dtype=np.float32)[[1]], k, chunk_rows=chunk)
+            np.testing.assert_array_equal(index[0], [1, 0, 3, 4, 5, 2][:k])
+
+
 def test_top_k_reads_a_memory_map_in_chunks(tmp_path):
     vectors = np.eye(300, 8, dtype=np.float32)
     np.save(tmp_path / "v.npy", vectors)
