@@ -14,8 +14,9 @@ from pathlib import Path
 
 from .files import (CHUNK, CliError, EmbeddingWriter, IndexWriter, checked_arguments, chunks, iter_records, json_field,
                     json_line, json_text, refuse_to_overwrite_input, text_records)
-from .search import (META, PASSAGES, REBUILD, VECTORS, embed_passages, load_index, passage_lines, passage_recipe,
-                     passages_at, read_meta, recipe_changes, replace_index, top_k, unfinished_rebuild, weights_identity)
+from .search import (META, PASSAGES, REBUILD, VECTORS, embed_passages, finish_moving_in, load_index, passage_lines,
+                     passage_recipe, passages_at, read_meta, recipe_changes, replace_index, top_k, unfinished_rebuild,
+                     weights_identity)
 
 DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
 
@@ -103,6 +104,16 @@ def cmd_search_build(args):
     out = Path(args.index)
     if out.is_dir():                                                   # first: a build running there is unfinished
         lock_index(out)
+        try:
+            moved = finish_moving_in(out)                              # whatever the build: its index is one build's
+        except ValueError as e:                                        # the rebuild's index.json damaged
+            raise CliError(str(e)) from None
+        except OSError as e:
+            raise CliError(f"cannot move the new index from {out / REBUILD} into {out}: {e.strerror}") from None
+        if moved is not None:
+            print(f"e5np: finished replacing {out} with its rebuild ({moved} passages)", file=sys.stderr)
+            if args.resume:                                            # the move was all there was left to do
+                return 0
     resume_command = f"`e5np search build --resume {shlex.quote(args.corpus)} {shlex.quote(args.index)}`"
     if args.model and os.path.isdir(os.path.expanduser(args.model)):   # stored for `search query` run from anywhere
         args.model = os.path.abspath(os.path.expanduser(args.model))

@@ -141,20 +141,40 @@ def write_meta(directory, meta):
 def replace_index(staged, directory):
     """Moves a complete index's files from `staged` over those of the index in `directory`, and removes `staged`.
 
-    index.json goes last, so that an index whose vectors or passages were replaced but not its description
-    (a kill between two renames) is refused by load_index when its row counts differ. Ctrl-C waits for the
-    three renames, in the main thread.
+    The vectors go first: once they have, `staged` holds an index.json but no vectors, which is how load_index
+    tells an index whose move a kill stopped (see stopped_moving_in) and refuses it. Ctrl-C waits for the three
+    renames, in the main thread.
     """
     staged, directory = Path(staged), Path(directory)
     in_main_thread = threading.current_thread() is threading.main_thread()
     ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
     try:
         for name in (VECTORS, PASSAGES, META):
-            os.replace(staged / name, directory / name)
+            if (staged / name).is_file():                              # (a move that stopped: those not moved yet)
+                os.replace(staged / name, directory / name)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, ctrl_c)
     shutil.rmtree(staged)
+
+
+def stopped_moving_in(directory):
+    """Whether a complete rebuild of the index in directory stopped while replace_index moved its files in (a
+    kill, a power cut between two renames): the index's vectors, passages and index.json may then be of two builds,
+    the vectors new and the passages old. finish_moving_in completes the move."""
+    staged = Path(directory) / REBUILD
+    if not (staged / META).is_file() or (staged / VECTORS).is_file():   # no rebuild, or none of its files moved
+        return False
+    return read_meta(staged).get("complete", True) is True
+
+
+def finish_moving_in(directory):
+    """The rebuild's row count, once the move stopped_moving_in tells of is complete; None if there was none."""
+    if not stopped_moving_in(directory):
+        return None
+    rows = read_meta(Path(directory) / REBUILD)["rows"]
+    replace_index(Path(directory) / REBUILD, directory)
+    return rows
 
 
 def unfinished_rebuild(directory):
@@ -213,6 +233,10 @@ def load_index(directory):
     mapped, so that a rebuild moving its files in while the query runs cannot pair these vectors with its passages.
     """
     directory = Path(directory)
+    if stopped_moving_in(directory):
+        raise ValueError(f"{directory}: a rebuild stopped while its files were moving in over the index's (a kill "
+                         "between two renames), so they may be of two builds; `e5np search build --resume CORPUS "
+                         f"{directory}` finishes moving it in")
     for name in (VECTORS, PASSAGES, META):
         if not (directory / name).is_file():
             raise ValueError(f"{directory / name}: not found; is {directory} an index made by `e5np search build`?")

@@ -237,6 +237,50 @@ def test_replacing_an_index_is_not_cut_short_by_ctrl_c(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.parametrize("moved", [1, 2])
+def test_a_rebuild_killed_while_moving_in_is_refused_then_finished(tmp_path, moved):
+    """A kill between replace_index's renames leaves the new vectors beside the old passages (as many: row counts
+    cannot tell them apart): a query refuses the index rather than answer with other texts' passages, and the build
+    the query names finishes the move (the corpus is not read: there is nothing left to embed)."""
+    index, new = tmp_path / "index", tmp_path / "new"
+    for corpus, where in ((TEXTS[:1000], index), (TEXTS[1000:2000], new)):
+        assert e5np_cli("search", "build", write_lines(tmp_path / "c.txt", corpus), where, "-m", TINY_DIR,
+                        "-q").returncode == 0
+    shutil.copytree(new, index / ".rebuild")
+    for name in ("vectors.npy", "passages.jsonl")[:moved]:            # the renames done before the kill
+        os.replace(index / ".rebuild" / name, index / name)
+    query = e5np_cli("search", "query", index, "topic 3")
+    assert query.returncode == 2 and query.stdout == ""
+    assert query.stderr == (f"e5np search: {index}: a rebuild stopped while its files were moving in over the index's "
+                            "(a kill between two renames), so they may be of two builds; `e5np search build --resume "
+                            f"CORPUS {index}` finishes moving it in\n")
+    resumed = e5np_cli("search", "build", "--resume", tmp_path / "nowhere.txt", index)
+    assert resumed.returncode == 0
+    assert resumed.stderr == f"e5np: finished replacing {index} with its rebuild (1000 passages)\n"
+    assert_same_files(index, new)
+    assert sorted(p.name for p in index.iterdir()) == [".lock", "index.json", "passages.jsonl", "vectors.npy"]
+    query = e5np_cli("search", "query", index, "topic 3", "--json", "-k", "1000")
+    assert query.returncode == 0 and query.stderr == ""
+    assert sorted(hit["text"] for hit in json.loads(query.stdout)["results"]) == sorted(TEXTS[1000:2000])
+
+
+def test_an_append_first_finishes_a_rebuild_killed_while_moving_in(tmp_path):
+    """Any build into such an index finishes the move before it reads the index: an append adds to the rebuild."""
+    index, new = tmp_path / "index", tmp_path / "new"
+    for corpus, where in ((TEXTS[:1000], index), (TEXTS[1000:2000], new)):
+        assert e5np_cli("search", "build", write_lines(tmp_path / "c.txt", corpus), where, "-m", TINY_DIR,
+                        "-q").returncode == 0
+    shutil.copytree(new, index / ".rebuild")
+    os.replace(index / ".rebuild" / "vectors.npy", index / "vectors.npy")
+    appended = e5np_cli("search", "build", "--append", write_lines(tmp_path / "more.txt", TEXTS[2000:2010]), index,
+                        "-q")
+    assert appended.returncode == 0, appended.stderr
+    assert appended.stderr == (f"e5np: finished replacing {index} with its rebuild (1000 passages)\n"
+                               f"e5np: added 10 passages to {index} (1010 in all)\n")
+    passages = (index / "passages.jsonl").read_text().splitlines()
+    assert [json.loads(line)["text"] for line in passages] == TEXTS[1000:2010]
+
+
 def test_resume_refuses_what_it_cannot_continue(corpus, straight_build, tmp_path):
     complete = e5np_cli("search", "build", "--resume", corpus, straight_build)
     assert complete.returncode == 2 and "no unfinished build to resume (its build is complete)" in complete.stderr
