@@ -24,8 +24,9 @@ class RequestError(Exception):
         self.status, self.param, self.kind = status, param, kind
 
 
-def parse_request(body, max_inputs):
-    """The texts and encoding format of an embeddings request body; RequestError if it is not one."""
+def parse_request(body, max_inputs, dim):
+    """The texts and encoding format of an embeddings request body for a model of dim-sized vectors; RequestError
+    if it is not one."""
     try:
         request = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -54,8 +55,10 @@ def parse_request(body, max_inputs):
     encoding = "float" if encoding is None else encoding               # null, as some clients send it: the default
     if encoding not in ("float", "base64"):
         raise RequestError(400, "'encoding_format' must be 'float' or 'base64'", param="encoding_format")
-    if "dimensions" in request and request["dimensions"] is not None:
-        raise RequestError(400, "'dimensions' is not supported", param="dimensions")
+    dimensions = request.get("dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or dimensions != dim):
+        raise RequestError(400, f"'dimensions' must be {dim}, the model's size, or left out: e5np does not shorten "
+                                "vectors", param="dimensions")
     return texts, encoding, request.get("model")
 
 
@@ -122,7 +125,7 @@ def make_handler(model, model_name, max_body_bytes, max_inputs, idle_timeout, tr
                 if length > max_body_bytes:
                     self.close_connection = True  # do not read a body we refuse
                     raise RequestError(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}")
-                texts, encoding, _ = parse_request(self.rfile.read(length), max_inputs)
+                texts, encoding, _ = parse_request(self.rfile.read(length), max_inputs, model.dim)
                 self.send_json(200, embeddings_response(model, texts, encoding, model_name, self.server.workers,
                                                         truncation))
             except RequestError as e:

@@ -66,6 +66,13 @@ def test_null_options_are_the_defaults(server, tiny):
     np.testing.assert_allclose(body["data"][0]["embedding"], tiny.encode("a"), atol=1e-7)
 
 
+def test_dimensions_of_the_models_size_are_what_it_makes(server, tiny):
+    """A client configured with the model's own size (dimensions=384 for e5-small) asks for nothing e5np lacks."""
+    status, body = request(server, "POST", "/v1/embeddings", {"input": ["a"], "dimensions": tiny.dim})
+    assert status == 200, body
+    np.testing.assert_allclose(body["data"][0]["embedding"], tiny.encode("a"), atol=1e-7)
+
+
 def test_a_declared_default_prompt_is_added_as_encode_adds_it(tiny, tmp_path):
     """An OpenAI request has no field for a prompt: inputs get the checkpoint's default prompt, as model.encode() and
     sentence-transformers' encode() give them, and usage counts its tokens."""
@@ -102,7 +109,9 @@ def test_health_and_models(server):
     ({"input": [[1, 2, 3]]}, 400, "token arrays are not supported"),
     ({"input": ["ok", "a \ud800 b"]}, 400, "'input[1]' is not valid Unicode: a lone surrogate (U+D800) at offset 2"),
     ({"input": "x", "encoding_format": "int8"}, 400, "'encoding_format'"),
-    ({"input": "x", "dimensions": 8}, 400, "'dimensions' is not supported"),
+    ({"input": "x", "dimensions": 8}, 400, "'dimensions' must be 32, the model's size, or left out"),
+    ({"input": "x", "dimensions": "32"}, 400, "'dimensions' must be 32"),
+    ({"input": "x", "dimensions": True}, 400, "'dimensions' must be 32"),
     ({"input": ["x"] * 17}, 413, "the limit is 16"),
     ({"input": "x" * 70_000}, 413, "exceeds the limit of 65536"),
 ])
