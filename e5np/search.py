@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,9 @@ def replace_index(staged, directory):
     shutil.rmtree(staged)
 
 
+MOVE_SETTLES = 0.5  # seconds: a build moving its rebuild in as a query looks is done by then; a killed one is not
+
+
 def stopped_moving_in(directory):
     """Whether a complete rebuild of the index in directory stopped while replace_index moved its files in (a
     kill, a power cut between two renames): the index's vectors, passages and index.json may then be of two builds,
@@ -234,9 +238,11 @@ def load_index(directory):
     """
     directory = Path(directory)
     if stopped_moving_in(directory):
-        raise ValueError(f"{directory}: a rebuild stopped while its files were moving in over the index's (a kill "
-                         "between two renames), so they may be of two builds; `e5np search build --resume CORPUS "
-                         f"{directory}` finishes moving it in")
+        time.sleep(MOVE_SETTLES)                                       # or is it moving in right now?
+        if stopped_moving_in(directory):
+            raise ValueError(f"{directory}: a rebuild stopped while its files were moving in over the index's (a "
+                             "kill between two renames), so they may be of two builds; `e5np search build --resume "
+                             f"CORPUS {directory}` finishes moving it in")
     for name in (VECTORS, PASSAGES, META):
         if not (directory / name).is_file():
             raise ValueError(f"{directory / name}: not found; is {directory} an index made by `e5np search build`?")

@@ -264,6 +264,28 @@ def test_a_rebuild_killed_while_moving_in_is_refused_then_finished(tmp_path, mov
     assert sorted(hit["text"] for hit in json.loads(query.stdout)["results"]) == sorted(TEXTS[1000:2000])
 
 
+def test_a_query_that_looks_while_a_rebuild_moves_in_waits_for_it(tmp_path, monkeypatch, capsys):
+    """A query may find the move half done because a build is doing it right now, not because one was killed: it
+    looks again after MOVE_SETTLES (here the build finishes meanwhile) and answers from the rebuild."""
+    from e5np import cli, search
+
+    index, new = tmp_path / "index", tmp_path / "new"
+    for corpus, where in ((TEXTS[:1000], index), (TEXTS[1000:2000], new)):
+        assert e5np_cli("search", "build", write_lines(tmp_path / "c.txt", corpus), where, "-m", TINY_DIR,
+                        "-q").returncode == 0
+    shutil.copytree(new, index / ".rebuild")
+    os.replace(index / ".rebuild" / "vectors.npy", index / "vectors.npy")
+    waited = []
+
+    def the_build_finishes_meanwhile(seconds):
+        waited.append(seconds)
+        search.replace_index(index / ".rebuild", index)
+    monkeypatch.setattr(search.time, "sleep", the_build_finishes_meanwhile)
+    assert cli.main(["search", "query", str(index), "topic 3", "--json", "-k", "1000"]) == 0
+    assert waited == [search.MOVE_SETTLES]
+    assert sorted(hit["text"] for hit in json.loads(capsys.readouterr().out)["results"]) == sorted(TEXTS[1000:2000])
+
+
 def test_an_append_first_finishes_a_rebuild_killed_while_moving_in(tmp_path):
     """Any build into such an index finishes the move before it reads the index: an append adds to the rebuild."""
     index, new = tmp_path / "index", tmp_path / "new"
