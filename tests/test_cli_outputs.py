@@ -195,16 +195,24 @@ def test_a_rebuild_leaves_the_old_index_whole_until_the_new_one_is_complete(corp
     assert sorted(p.name for p in index.iterdir()) == [".lock", "index.json", "passages.jsonl", "vectors.npy"]
 
 
+def index_and_its_rebuild(tmp_path):
+    """(index, new): an index of 1,000 passages, with a copy of `new`, a complete index of 1,000 others, as the
+    rebuild in its .rebuild folder that replace_index is about to move in (as many rows: counts cannot tell them
+    apart)."""
+    index, new = tmp_path / "index", tmp_path / "new"
+    for corpus, where in ((TEXTS[:1000], index), (TEXTS[1000:2000], new)):
+        assert e5np_cli("search", "build", write_lines(tmp_path / "c.txt", corpus), where, "-m", TINY_DIR,
+                        "-q").returncode == 0
+    shutil.copytree(new, index / ".rebuild")
+    return index, new
+
+
 def test_a_query_answers_from_one_index_while_a_rebuild_moves_in(tmp_path, monkeypatch, capsys):
     """A rebuild may replace the index's files while a query loads its model: the query's passages are still those
     of the vectors it searched (it opens passages.jsonl with them), not the rebuild's."""
     from e5np import cli, search
 
-    index, new = tmp_path / "index", tmp_path / "new"
-    for corpus, where in ((TEXTS[:1000], index), (TEXTS[1000:2000], new)):   # as many passages: counts cannot tell
-        assert e5np_cli("search", "build", write_lines(tmp_path / "c.txt", corpus), where, "-m", TINY_DIR,
-                        "-q").returncode == 0
-    shutil.copytree(new, index / ".rebuild")
+    index, new = index_and_its_rebuild(tmp_path)
     load_model = cli.load_model
 
     def rebuild_moves_in_first(args):
@@ -242,11 +250,7 @@ def test_a_rebuild_killed_while_moving_in_is_refused_then_finished(tmp_path, mov
     """A kill between replace_index's renames leaves the new vectors beside the old passages (as many: row counts
     cannot tell them apart): a query refuses the index rather than answer with other texts' passages, and the build
     the query names finishes the move (the corpus is not read: there is nothing left to embed)."""
-    index, new = tmp_path / "index", tmp_path / "new"
-    for corpus, where in ((TEXTS[:1000], index), (TEXTS[1000:2000], new)):
-        assert e5np_cli("search", "build", write_lines(tmp_path / "c.txt", corpus), where, "-m", TINY_DIR,
-                        "-q").returncode == 0
-    shutil.copytree(new, index / ".rebuild")
+    index, new = index_and_its_rebuild(tmp_path)
     for name in ("vectors.npy", "passages.jsonl")[:moved]:            # the renames done before the kill
         os.replace(index / ".rebuild" / name, index / name)
     query = e5np_cli("search", "query", index, "topic 3")
@@ -269,11 +273,7 @@ def test_a_query_that_looks_while_a_rebuild_moves_in_waits_for_it(tmp_path, monk
     looks again after MOVE_SETTLES (here the build finishes meanwhile) and answers from the rebuild."""
     from e5np import cli, search
 
-    index, new = tmp_path / "index", tmp_path / "new"
-    for corpus, where in ((TEXTS[:1000], index), (TEXTS[1000:2000], new)):
-        assert e5np_cli("search", "build", write_lines(tmp_path / "c.txt", corpus), where, "-m", TINY_DIR,
-                        "-q").returncode == 0
-    shutil.copytree(new, index / ".rebuild")
+    index, new = index_and_its_rebuild(tmp_path)
     os.replace(index / ".rebuild" / "vectors.npy", index / "vectors.npy")
     waited = []
 
@@ -288,11 +288,7 @@ def test_a_query_that_looks_while_a_rebuild_moves_in_waits_for_it(tmp_path, monk
 
 def test_an_append_first_finishes_a_rebuild_killed_while_moving_in(tmp_path):
     """Any build into such an index finishes the move before it reads the index: an append adds to the rebuild."""
-    index, new = tmp_path / "index", tmp_path / "new"
-    for corpus, where in ((TEXTS[:1000], index), (TEXTS[1000:2000], new)):
-        assert e5np_cli("search", "build", write_lines(tmp_path / "c.txt", corpus), where, "-m", TINY_DIR,
-                        "-q").returncode == 0
-    shutil.copytree(new, index / ".rebuild")
+    index, new = index_and_its_rebuild(tmp_path)
     os.replace(index / ".rebuild" / "vectors.npy", index / "vectors.npy")
     appended = e5np_cli("search", "build", "--append", write_lines(tmp_path / "more.txt", TEXTS[2000:2010]), index,
                         "-q")
