@@ -6,6 +6,7 @@ A problem with a file is a CliError: one line for the user, naming the file (and
 
 import contextlib
 import json
+import math
 import os
 import stat
 import sys
@@ -107,6 +108,19 @@ def iter_records(path, field=None, keep_blank=False):
     return read_records(open_input(path), path, json_field(path, field), keep_blank)
 
 
+class NumberOutOfRange(ValueError):
+    """A JSON number past a float's range (1e400): Python reads it as infinity, which json.dumps would write
+    back as Infinity, which is not JSON: a valid record would come out of e5np as an invalid one."""
+
+
+def finite_float(literal):
+    """float(literal), for json.loads's parse_float; NumberOutOfRange past a float's range."""
+    value = float(literal)
+    if math.isinf(value):
+        raise NumberOutOfRange(literal)
+    return value
+
+
 def read_records(f, path, field, keep_blank=False):
     name = "stdin" if path == "-" else path
     try:
@@ -120,9 +134,12 @@ def read_records(f, path, field, keep_blank=False):
                 yield text, {"text": text}
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, parse_float=finite_float)
             except json.JSONDecodeError as e:
                 raise CliError(f"{name}:{number}: not valid JSON ({e.msg})") from None
+            except NumberOutOfRange as e:
+                raise CliError(f"{name}:{number}: the number {e} is past a float's range (1.8e308): e5np would write "
+                               "it back as Infinity, which is not JSON; quote it") from None
             except RecursionError:                                     # [[[[...]]]] deeper than Python's stack
                 raise CliError(f"{name}:{number}: JSON nested too deeply to parse") from None
             if not isinstance(record, dict) or not isinstance(record.get(field), str):

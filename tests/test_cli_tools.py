@@ -57,6 +57,8 @@ def test_large_input_streams_to_npy(tiny, tmp_path):
     (b'{"text": "ok"}\n{"text": "a \\ud800 b"}\n',
      "docs.jsonl:2: 'text' is not valid Unicode: a lone surrogate (U+D800) at offset 2 of the string"),
     (b'\xff\xfe{\x00"\x00', "docs.jsonl:1: not UTF-8 text (byte 0xFF at column 1); it looks like UTF-16"),
+    (b'{"text": "ok", "score": 1e308}\n{"text": "ok", "score": -2.5E+400}\n',   # valid JSON, written back as Infinity
+     "docs.jsonl:2: the number -2.5E+400 is past a float's range (1.8e308): e5np would write it back as Infinity"),
 ])
 def test_bad_input_files(tmp_path, content, message):
     (tmp_path / "docs.jsonl").write_bytes(content)
