@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .files import (CHUNK, CliError, EmbeddingWriter, IndexWriter, checked_arguments, chunks, iter_records, json_field,
                     json_line, json_text, refuse_to_overwrite_input, text_records)
-from .search import (META, PASSAGES, REBUILD, VECTORS, embed_passages, finish_moving_in, load_index, passage_lines,
-                     passage_recipe, passages_at, read_meta, recipe_changes, replace_index, top_k, unfinished_rebuild,
-                     weights_identity)
+from .search import (META, PASSAGES, REBUILD, VECTORS, complete_rebuild, embed_passages, finish_moving_in, load_index,
+                     passage_lines, passage_recipe, passages_at, read_meta, recipe_changes, replace_index, top_k,
+                     unfinished_rebuild, weights_identity)
 
 DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
 
@@ -285,6 +285,10 @@ def search_query(args, vectors, meta, passages_file):
         if unfinished_rebuild(args.index):
             print(f"e5np search: {Path(args.index) / REBUILD} holds an unfinished rebuild of {args.index}: these "
                   "results are from the index as it was", file=sys.stderr)
+        elif complete_rebuild(args.index):                             # (load_index refused one moved in half way)
+            print(f"e5np search: {Path(args.index) / REBUILD} holds a complete rebuild of {args.index}, not moved in: "
+                  f"these results are from the index as it was; `e5np search build --resume CORPUS "
+                  f"{shlex.quote(args.index)}` moves it in", file=sys.stderr)
     queries = [text for text, _ in text_source(args.queries, args.input, args.field, what="queries")]
     if not queries:
         raise CliError(f"no queries: {args.input or 'stdin'} has none")

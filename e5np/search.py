@@ -112,9 +112,8 @@ def passage_recipe(model):
     tokenizer (its files' sha256) and whether texts are lowercased before it, the prefix, the pooling, and that
     the vectors are normalized (always, now: earlier e5np stored a non-normalizing model's vectors as they came,
     and recorded normalize false). index.json records it, so that an index is not continued with vectors made
-    another way: after
-    the checkpoint's files were edited, or by an e5np that reads them otherwise (as when e5np came to take
-    sentence-transformers' max_seq_length, 256 for all-MiniLM-L6-v2, over the tokenizer's 512)."""
+    another way: after the checkpoint's files were edited, or by an e5np that reads them otherwise (as when e5np
+    came to take sentence-transformers' max_seq_length, 256 for all-MiniLM-L6-v2, over the tokenizer's 512)."""
     return {"max_length": model.max_length, "tokenizer_sha256": file_sha256(*tokenizer_files(model.directory)),
             "lowercase": LOWERCASING if lowercases_first(model.directory) else False,
             "prefix": model.prefixes.get("passage", ""),
@@ -143,8 +142,8 @@ def replace_index(staged, directory):
     """Moves a complete index's files from `staged` over those of the index in `directory`, and removes `staged`.
 
     The vectors go first: once they have, `staged` holds an index.json but no vectors, which is how load_index
-    tells an index whose move a kill stopped (see stopped_moving_in) and refuses it. Ctrl-C waits for the three
-    renames, in the main thread.
+    tells an index whose move stopped half way (see stopped_moving_in) and refuses it; finish_moving_in completes
+    it. Ctrl-C waits for the three renames, in the main thread.
     """
     staged, directory = Path(staged), Path(directory)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -162,19 +161,24 @@ def replace_index(staged, directory):
 MOVE_SETTLES = 0.5  # seconds: a build moving its rebuild in as a query looks is done by then; a killed one is not
 
 
-def stopped_moving_in(directory):
-    """Whether a complete rebuild of the index in directory stopped while replace_index moved its files in (a
-    kill, a power cut between two renames): the index's vectors, passages and index.json may then be of two builds,
-    the vectors new and the passages old. finish_moving_in completes the move."""
+def complete_rebuild(directory):
+    """Whether directory/.rebuild holds a complete rebuild that was not moved in, or not all of it: replace_index
+    stopped (a kill or a power cut between two renames, a rename that failed) or never began (a kill just before)."""
     staged = Path(directory) / REBUILD
-    if not (staged / META).is_file() or (staged / VECTORS).is_file():   # no rebuild, or none of its files moved
-        return False
-    return read_meta(staged).get("complete", True) is True
+    return (staged / META).is_file() and read_meta(staged).get("complete", True) is True
+
+
+def stopped_moving_in(directory):
+    """Whether replace_index stopped after moving some of a complete rebuild's files in: the index's vectors,
+    passages and index.json may then be of two builds, the vectors new and the passages old (as many rows: counts
+    cannot tell). The vectors go first, so this is a complete rebuild whose vectors are no longer in .rebuild."""
+    return not (Path(directory) / REBUILD / VECTORS).is_file() and complete_rebuild(directory)
 
 
 def finish_moving_in(directory):
-    """The rebuild's row count, once the move stopped_moving_in tells of is complete; None if there was none."""
-    if not stopped_moving_in(directory):
+    """Moves a complete rebuild's files in over the index's, those not moved yet, and returns its row count; None if
+    directory holds no complete rebuild."""
+    if not complete_rebuild(directory):
         return None
     rows = read_meta(Path(directory) / REBUILD)["rows"]
     replace_index(Path(directory) / REBUILD, directory)

@@ -286,6 +286,22 @@ def test_a_query_that_looks_while_a_rebuild_moves_in_waits_for_it(tmp_path, monk
     assert sorted(hit["text"] for hit in json.loads(capsys.readouterr().out)["results"]) == sorted(TEXTS[1000:2000])
 
 
+def test_a_complete_rebuild_never_moved_in_is_moved_in_by_resume(tmp_path):
+    """Killed after the rebuild was complete but before the first rename (or the first rename failed): the index is
+    whole, the old one, and a query answers from it saying so; --resume moves the rebuild in, reading no corpus."""
+    index, new = index_and_its_rebuild(tmp_path)
+    query = e5np_cli("search", "query", index, "topic 3", "--json", "-k", "1000")
+    assert query.returncode == 0
+    assert query.stderr == (f"e5np search: {index / '.rebuild'} holds a complete rebuild of {index}, not moved in: "
+                            f"these results are from the index as it was; `e5np search build --resume CORPUS {index}` "
+                            "moves it in\n")
+    assert sorted(hit["text"] for hit in json.loads(query.stdout)["results"]) == sorted(TEXTS[:1000])
+    resumed = e5np_cli("search", "build", "--resume", tmp_path / "nowhere.txt", index)
+    assert resumed.returncode == 0
+    assert resumed.stderr == f"e5np: finished replacing {index} with its rebuild (1000 passages)\n"
+    assert_same_files(index, new)
+
+
 def test_an_append_first_finishes_a_rebuild_killed_while_moving_in(tmp_path):
     """Any build into such an index finishes the move before it reads the index: an append adds to the rebuild."""
     index, new = index_and_its_rebuild(tmp_path)
