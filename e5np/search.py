@@ -245,8 +245,8 @@ def load_index(directory):
         time.sleep(MOVE_SETTLES)                                       # or is it moving in right now?
         if stopped_moving_in(directory):
             raise ValueError(f"{directory}: a rebuild stopped while its files were moving in over the index's (a "
-                             "kill between two renames), so they may be of two builds; `e5np search build --resume "
-                             f"CORPUS {directory}` finishes moving it in")
+                             "kill between two renames, or a rename that failed), so they may be of two builds; "
+                             f"`e5np search build --resume CORPUS {directory}` finishes moving it in")
     for name in (VECTORS, PASSAGES, META):
         if not (directory / name).is_file():
             raise ValueError(f"{directory / name}: not found; is {directory} an index made by `e5np search build`?")

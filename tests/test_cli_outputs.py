@@ -256,8 +256,8 @@ def test_a_rebuild_killed_while_moving_in_is_refused_then_finished(tmp_path, mov
     query = e5np_cli("search", "query", index, "topic 3")
     assert query.returncode == 2 and query.stdout == ""
     assert query.stderr == (f"e5np search: {index}: a rebuild stopped while its files were moving in over the index's "
-                            "(a kill between two renames), so they may be of two builds; `e5np search build --resume "
-                            f"CORPUS {index}` finishes moving it in\n")
+                            "(a kill between two renames, or a rename that failed), so they may be of two builds; "
+                            f"`e5np search build --resume CORPUS {index}` finishes moving it in\n")
     resumed = e5np_cli("search", "build", "--resume", tmp_path / "nowhere.txt", index)
     assert resumed.returncode == 0
     assert resumed.stderr == f"e5np: finished replacing {index} with its rebuild (1000 passages)\n"
