@@ -161,37 +161,41 @@ def replace_index(staged, directory):
 MOVE_SETTLES = 0.5  # seconds: a build moving its rebuild in as a query looks is done by then; a killed one is not
 
 
-def complete_rebuild(directory):
-    """Whether directory/.rebuild holds a complete rebuild that was not moved in, or not all of it: replace_index
-    stopped (a kill or a power cut between two renames, a rename that failed) or never began (a kill just before)."""
+def rebuild_meta(directory):
+    """The index.json of the rebuild in directory/.rebuild, or None if there is none."""
     staged = Path(directory) / REBUILD
-    return (staged / META).is_file() and read_meta(staged).get("complete", True) is True
+    return read_meta(staged) if (staged / META).is_file() else None
+
+
+def unfinished_rebuild(directory):
+    """The index.json of the unfinished rebuild in directory/.rebuild, or None if there is none."""
+    meta = rebuild_meta(directory)
+    return None if meta is None or meta.get("complete", True) else meta
+
+
+def complete_rebuild(directory):
+    """The index.json of a complete rebuild in directory/.rebuild, not moved in or not all of it (replace_index
+    stopped: a kill or a power cut between two renames, a rename that failed; or never began: a kill just before),
+    or None if there is none."""
+    meta = rebuild_meta(directory)
+    return meta if meta is not None and meta.get("complete", True) else None
 
 
 def stopped_moving_in(directory):
     """Whether replace_index stopped after moving some of a complete rebuild's files in: the index's vectors,
     passages and index.json may then be of two builds, the vectors new and the passages old (as many rows: counts
     cannot tell). The vectors go first, so this is a complete rebuild whose vectors are no longer in .rebuild."""
-    return not (Path(directory) / REBUILD / VECTORS).is_file() and complete_rebuild(directory)
+    return not (Path(directory) / REBUILD / VECTORS).is_file() and complete_rebuild(directory) is not None
 
 
 def finish_moving_in(directory):
     """Moves a complete rebuild's files in over the index's, those not moved yet, and returns its row count; None if
     directory holds no complete rebuild."""
-    if not complete_rebuild(directory):
+    meta = complete_rebuild(directory)
+    if meta is None:
         return None
-    rows = read_meta(Path(directory) / REBUILD)["rows"]
     replace_index(Path(directory) / REBUILD, directory)
-    return rows
-
-
-def unfinished_rebuild(directory):
-    """The index.json of the unfinished rebuild in directory/.rebuild, or None if there is none."""
-    staged = Path(directory) / REBUILD
-    if not (staged / META).is_file():
-        return None
-    meta = read_meta(staged)
-    return None if meta.get("complete", True) else meta
+    return meta["rows"]
 
 
 def read_meta(directory):
