@@ -7,7 +7,8 @@
 
 from .checkpoint import BertConfig, CheckpointError
 from .hub import ModelNotFoundError
-from .model import Forward, Model, TruncationWarning, load
+from .model import Embedded, Forward, Model, TruncationError, TruncationWarning, load
 
 __version__ = "0.1.0"
-__all__ = ["load", "Model", "Forward", "BertConfig", "CheckpointError", "ModelNotFoundError", "TruncationWarning"]
+__all__ = ["load", "Model", "Embedded", "Forward", "BertConfig", "CheckpointError", "ModelNotFoundError",
+           "TruncationError", "TruncationWarning"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .files import (CHUNK, CliError, EmbeddingWriter, IndexWriter, checked_arguments, chunks, iter_records, json_field,
                     json_line, json_text, refuse_to_overwrite_input, text_records)
+from .runtime import LockedError, lock_directory
 from .search import (META, PASSAGES, REBUILD, VECTORS, complete_rebuild, embed_passages, finish_moving_in, load_index,
                      passage_lines, passage_recipe, passages_at, read_meta, recipe_changes, replace_index, top_k,
                      unfinished_rebuild, weights_identity)
@@ -224,27 +225,15 @@ def check_same_model(args, out, meta, dim, made_by):
                        f"cannot mix two kinds of vectors; delete {out} and build it again")
 
 
-HELD_LOCKS = {}  # index directory -> its open .lock file: held until the process ends
-
-
 def lock_index(directory):
-    """An exclusive lock on directory/.lock for the rest of this process: two builds into one index would
-    interleave their chunks. CliError if another process holds it; no lock where fcntl is missing (Windows)."""
+    """The lock that keeps two builds out of one index (see runtime.lock_directory), for the rest of this process."""
     try:
-        import fcntl
-    except ImportError:
-        return
-    if directory in HELD_LOCKS:
-        return
-    try:
-        lock = open(directory / ".lock", "w")
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        lock_directory(directory)
+    except LockedError:
         raise CliError(f"{directory} is being built by another `e5np search build`: wait for it, or build "
                        "into another directory") from None
     except OSError as e:
         raise CliError(f"cannot write {directory / '.lock'}: {e.strerror}") from None
-    HELD_LOCKS[directory] = lock
 
 
 def skip_indexed(texts, passages, corpus, index, start=0):

@@ -1,7 +1,7 @@
 """An OpenAI-compatible embeddings server on the standard library: POST /v1/embeddings, GET /health.
 
-Each request is read and answered on its own thread (ThreadingHTTPServer); every request's batches are
-embedded by the model's one pool of workers (EmbeddingServer).
+Each request is read and answered on its own thread (ThreadingHTTPServer); every request's texts take the path
+model.encode() takes (Model.embed), so their batches queue for the process's one pool of workers.
 Bad requests get OpenAI-style error bodies ({"error": {"message", "type", "param", "code"}}) and the
 server carries on.
 """
@@ -15,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from .tokenizer import encode_batch, lone_surrogate, overflowing
+from .model import TruncationError
+from .tokenizer import lone_surrogate
 
 
 class RequestError(Exception):
@@ -62,17 +63,14 @@ def parse_request(body, max_inputs, dim):
     return texts, encoding, request.get("model")
 
 
-def embeddings_response(model, texts, encoding, model_name, workers, truncation="ignore"):
-    texts = model._prefixed(texts)                    # a default prompt the checkpoint names, as model.encode() adds
-    encodings = encode_batch(model.tokenizer, texts)  # once: for the vectors and the usage count
-    too_long = overflowing(encodings)
-    if too_long and truncation == "error":                             # as OpenAI's API refuses over-long input
-        raise RequestError(400, f"'input[{too_long[0]}]' is longer than the model's limit of {model.max_length} "
-                                f"tokens ({len(too_long)} input(s) are); shorten it, or start the server with "
-                                "--truncation ignore to embed its first tokens", param="input")
-    vectors = model._embed_encodings(encodings, batch_size=32, normalize=model.normalize, threads=model.threads,
-                                     workers=workers)                            # [n, H] float32
-    tokens = sum(len(e.ids) for e in encodings)
+def embeddings_response(model, texts, encoding, model_name, truncation="ignore"):
+    try:                                # with the default prompt a checkpoint may name, as model.encode() adds it
+        embedded = model.embed(texts, truncation=truncation)
+    except TruncationError as e:                                       # as OpenAI's API refuses over-long input
+        raise RequestError(400, f"'input[{e.indices[0]}]' is longer than the model's limit of {model.max_length} "
+                                f"tokens ({len(e.indices)} input(s) are); shorten it, or start the server with "
+                                "--truncation ignore to embed its first tokens", param="input") from None
+    vectors, tokens = embedded.vectors, int(embedded.token_counts.sum())     # [n, H] float32
     data = []
     for i, vector in enumerate(vectors):
         if encoding == "base64":  # little-endian float32 bytes, as the OpenAI API returns
@@ -126,8 +124,7 @@ def make_handler(model, model_name, max_body_bytes, max_inputs, idle_timeout, tr
                     self.close_connection = True  # do not read a body we refuse
                     raise RequestError(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}")
                 texts, encoding, _ = parse_request(self.rfile.read(length), max_inputs, model.dim)
-                self.send_json(200, embeddings_response(model, texts, encoding, model_name, self.server.workers,
-                                                        truncation))
+                self.send_json(200, embeddings_response(model, texts, encoding, model_name, truncation))
             except RequestError as e:
                 self.send_error_json(e)
             except (TimeoutError, socket.timeout):  # the body stopped short of its Content-Length (3.9: not one)
@@ -175,20 +172,16 @@ def make_server(model, host="127.0.0.1", port=8080, model_name=None, max_body_by
 
 
 class EmbeddingServer(ThreadingHTTPServer):
-    """One thread per connection to read and answer requests; the model's workers (model.threads of them, each
-    with one BLAS thread; see Model._shared_workers) embed every request's batches. One client sending large
-    requests gets all the cores, and many clients at once queue for them instead of running more threads than
-    cores, with any encode() the process calls itself."""
+    """One thread per connection to read and answer requests; the process's workers (model.threads of them, each
+    with one BLAS thread; see runtime.workers) embed every request's batches. One client sending large requests
+    gets all the cores, and many clients at once queue for them instead of running more threads than cores, with
+    any encode() the process calls itself."""
 
     daemon_threads = True
 
     def __init__(self, address, handler, model):
         super().__init__(address, handler)
         self.model = model
-
-    @property
-    def workers(self):
-        return self.model._shared_workers()
 
 
 def serve_in_thread(server):

@@ -136,14 +136,21 @@ def has_lowercase_step(normalizer):
     return any(isinstance(step, dict) and step.get("type") == "Lowercase" for step in steps or [])
 
 
+def pad_ids(token_ids, pad_id=0):
+    """Token id sequences (each with its special tokens) -> (input_ids [B, T], attention_mask [B, T]), int64,
+    right-padded to the longest."""
+    T = max((len(ids) for ids in token_ids), default=0)
+    input_ids = np.full((len(token_ids), T), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(token_ids), T), dtype=np.int64)
+    for i, ids in enumerate(token_ids):
+        input_ids[i, :len(ids)] = ids
+        attention_mask[i, :len(ids)] = 1
+    return input_ids, attention_mask
+
+
 def pad(encodings, pad_id=0):
     """Tokenized texts (tokenizers Encodings) -> a TokenBatch right-padded to the longest."""
-    T = max((len(e.ids) for e in encodings), default=0)
-    input_ids = np.full((len(encodings), T), pad_id, dtype=np.int64)
-    attention_mask = np.zeros((len(encodings), T), dtype=np.int64)
-    for i, e in enumerate(encodings):
-        input_ids[i, :len(e.ids)] = e.ids
-        attention_mask[i, :len(e.ids)] = 1
+    input_ids, attention_mask = pad_ids([e.ids for e in encodings], pad_id)
     truncated = np.array([bool(e.overflowing) for e in encodings], dtype=bool)
     return TokenBatch(input_ids, attention_mask, [e.tokens for e in encodings], truncated)
 

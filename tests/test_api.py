@@ -235,18 +235,18 @@ def test_many_texts_are_tokenized_a_window_at_a_time(minilm, monkeypatch):
     texts[5], texts[17] = LONG_TEXT, LONG_TEXT + " more"
     whole = minilm.encode(texts, truncation="ignore")
     tokenized, embedded = [], []
-    encode_batch, embed_encodings = e5np.model.encode_batch, minilm._embed_encodings
+    encode_batch, embed_tokens = e5np.model.encode_batch, minilm.embed_tokens
 
     def tokenize_counted(tokenizer, window):
         tokenized.append(len(window))
         return encode_batch(tokenizer, window)
 
-    def embed_counted(encodings, *args, **kwargs):
-        embedded.append(len(encodings))
-        return embed_encodings(encodings, *args, **kwargs)
+    def embed_counted(token_ids, *args, **kwargs):
+        embedded.append(len(token_ids))
+        return embed_tokens(token_ids, *args, **kwargs)
     monkeypatch.setattr(e5np.model, "ENCODE_WINDOW", 4)
     monkeypatch.setattr(e5np.model, "encode_batch", tokenize_counted)
-    monkeypatch.setattr(minilm, "_embed_encodings", embed_counted)
+    monkeypatch.setattr(minilm, "embed_tokens", embed_counted)
 
     with pytest.warns(e5np.TruncationWarning, match=r"2 of 23 text\(s\) exceed max_length=256 tokens.*\[5, 17\]"):
         windowed = minilm.encode(texts)

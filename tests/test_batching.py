@@ -4,7 +4,7 @@ and, with several workers, a tail of small batches so that no worker finishes lo
 import numpy as np
 import pytest
 
-from e5np.model import length_batches
+from e5np.batching import length_batches
 
 
 def padded_tokens(batch, lengths):

@@ -1,7 +1,7 @@
-"""encode() called from several threads at once, from a forked child, after pickling: the model's one pool of
-workers."""
+"""encode() called from several threads at once, from a forked child, after pickling: the process's one pool of
+workers (runtime.workers)."""
 
-import gc
+import functools
 import multiprocessing
 import pickle
 import threading
@@ -19,14 +19,16 @@ TEXTS = [f"text number {i} " + "word " * (i % 40) for i in range(200)]   # many 
 
 
 class CountingRuns:
-    """Wraps a model's _run: counts its calls and the most that ran at once, each held for `hold` seconds."""
+    """Wraps models' _run: counts their calls and the most that ran at once (all the models' together), each held
+    for `hold` seconds."""
 
-    def __init__(self, model, hold=0.01, fail=False):
-        self.run, self.hold, self.fail = model._run, hold, fail
+    def __init__(self, *models, hold=0.01, fail=False):
+        self.hold, self.fail = hold, fail
         self.lock, self.running, self.peak, self.calls = threading.Lock(), 0, 0, 0
-        model._run = self
+        for model in models:
+            model._run = functools.partial(self.run, model._run)
 
-    def __call__(self, *args, **kwargs):
+    def run(self, inner, *args, **kwargs):
         with self.lock:
             self.running, self.calls = self.running + 1, self.calls + 1
             self.peak = max(self.peak, self.running)
@@ -34,7 +36,7 @@ class CountingRuns:
             time.sleep(self.hold)
             if self.fail:
                 raise MemoryError("a batch failed")
-            return self.run(*args, **kwargs)
+            return inner(*args, **kwargs)
         finally:
             with self.lock:
                 self.running -= 1
@@ -62,29 +64,39 @@ def test_concurrent_calls_share_the_models_workers():
 def test_setting_threads_does_not_shut_the_pool_a_call_is_about_to_use():
     """A call that had taken the model's pool (to submit its batches) when another thread set model.threads and
     encoded failed: the old pool was shut down under it (RuntimeError: cannot schedule new futures after shutdown).
-    The old pool is let go instead, and its threads end once nothing holds it."""
+    Pools are the process's, one of each size, never shut down: a size used again is the same pool, so no threads
+    pile up however often threads is set."""
     model = e5np.load(TINY_DIR, threads=2)
     expected = model.encode(TEXTS)
-    taken = model._shared_workers()                                    # a call between taking the pool and submitting
+    taken = e5np.runtime.workers(2)                                    # a call between taking the pool and submitting
     model.threads = 3
-    assert_same_vectors(model.encode(TEXTS), expected)                # on a new pool of 3 (batched otherwise)
-    assert model._workers[0] is not taken
+    assert_same_vectors(model.encode(TEXTS), expected)                # on a pool of 3 (batched otherwise)
+    assert e5np.runtime.workers(3) is not taken
     assert taken.submit(len, "abc").result(timeout=10) == 3
-    threads = list(taken._threads)
-    assert threads and all(thread.is_alive() for thread in threads)
-    del taken
-    gc.collect()
-    for thread in threads:
-        thread.join(timeout=10)
-        assert not thread.is_alive()
+    model.threads = 2
+    np.testing.assert_array_equal(model.encode(TEXTS), expected)
+    assert e5np.runtime.workers(2) is taken
+    assert len(taken._threads) <= 2
+
+
+def test_concurrent_calls_on_two_models_share_the_processes_workers():
+    """A query model and a passage model in one web app: their calls queue for the same cores."""
+    first, second = e5np.load(TINY_DIR, threads=2), e5np.load(TINY_DIR, threads=2)
+    expected = first.encode(TEXTS)
+    runs = CountingRuns(first, second)
+    with ThreadPoolExecutor(6) as callers:
+        results = list(callers.map(lambda k: (first, second)[k % 2].encode(TEXTS), range(6)))
+    assert runs.peak == 2, runs.peak
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
 
 
 def test_a_failed_batch_cancels_the_batches_not_begun():
     """The error reaches the caller, and the model's workers, which outlive the call, do not go on running its
     other batches for nobody."""
     model = e5np.load(TINY_DIR, threads=2)
-    batches = len(e5np.model.length_batches([len(e.ids) for e in e5np.tokenizer.encode_batch(model.tokenizer, TEXTS)],
-                                            8, model.max_batch_tokens, 2))
+    lengths = [len(e.ids) for e in e5np.tokenizer.encode_batch(model.tokenizer, TEXTS)]
+    batches = len(e5np.batching.length_batches(lengths, 8, model.max_batch_tokens, 2))
     runs = CountingRuns(model, hold=0.05, fail=True)
     with pytest.raises(MemoryError, match="a batch failed"):
         model.encode(TEXTS, batch_size=8)

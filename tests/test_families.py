@@ -195,7 +195,7 @@ def test_roberta_position_offset_must_fit(checkpoint_dirs, tmp_path):
 
 
 def test_e5_prefix_detection_by_name():
-    from e5np.model import E5_INSTRUCT_PREFIXES, E5_PREFIXES, e5_prefixes
+    from e5np.prefixes import E5_INSTRUCT_PREFIXES, E5_PREFIXES, e5_prefixes
 
     for name in ("intfloat/e5-small", "intfloat/multilingual-e5-base", "intfloat/e5-large-v2",
                  "/cache/models--intfloat--e5-small/snapshots/abc", "E5-small", "team/e5-base-finetuned",

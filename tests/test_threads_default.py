@@ -5,7 +5,7 @@ import os
 import pytest
 
 import e5np
-from e5np.blas import available_cpus
+from e5np.runtime import available_cpus
 from tests.checkpoints import TINY_DIR
 
 

@@ -201,7 +201,7 @@ def matmul_rate(products, flops, seconds=0.3):
 
 def numpy_rate(pairs, flops):
     """NumPy's BLAS (OpenBLAS in its wheels) on one thread, as each e5np worker runs it."""
-    from e5np.blas import one_blas_thread
+    from e5np.runtime import one_blas_thread
 
     with one_blas_thread():
         return matmul_rate([functools.partial(np.matmul, x, w) for x, w in pairs], flops)

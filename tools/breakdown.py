@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 import bench  # noqa: E402  the corpus
 import e5np  # noqa: E402
 from e5np import bert  # noqa: E402
-from e5np.blas import one_blas_thread  # noqa: E402
+from e5np.runtime import one_blas_thread  # noqa: E402
 
 # bert's functions, outermost last, and the part of the forward pass each one's own time counts for
 PARTS = {

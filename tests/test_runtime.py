@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import e5np
-from e5np import blas
+from e5np import runtime
 from tests.checkpoints import TINY_DIR
 
 NUMPY_DIR = os.path.dirname(np.__file__)
-BUNDLED = blas.openblas_candidates(NUMPY_DIR, maps="/nonexistent")     # the OpenBLAS NumPy's wheel ships, if any
+BUNDLED = runtime.openblas_candidates(NUMPY_DIR, maps="/nonexistent")     # the OpenBLAS NumPy's wheel ships, if any
 needs_openblas = pytest.mark.skipif(not BUNDLED, reason="this NumPy bundles no OpenBLAS (MKL, Accelerate, a "
                                                           "system BLAS): e5np leaves its threads alone")
 
@@ -22,7 +22,7 @@ needs_openblas = pytest.mark.skipif(not BUNDLED, reason="this NumPy bundles no O
 @pytest.fixture
 def three_blas_threads():
     """The process's OpenBLAS on 3 threads (not its default here, nor 1), put back afterwards."""
-    get, set_ = blas.openblas_threads()
+    get, set_ = runtime.openblas_threads()
     found = get()
     set_(3)
     assert get() == 3
@@ -34,34 +34,34 @@ def three_blas_threads():
 def test_the_thread_count_of_numpys_openblas_is_found():
     """NumPy 2.5's OpenBLAS exports openblas_set_num_threads_local no more: e5np, looking for that one only, found
     nothing to call there and ran two workers' products on two threads each (1.3-1.4x slower on 2 cores)."""
-    assert blas.openblas_threads() is not None
-    assert blas.blas_threads() >= 1
+    assert runtime.openblas_threads() is not None
+    assert runtime.blas_threads() >= 1
 
 
 @needs_openblas
 def test_one_blas_thread_sets_one_and_puts_back_what_it_found(three_blas_threads):
-    with blas.one_blas_thread():
-        assert blas.blas_threads() == 1
-    assert blas.blas_threads() == 3
+    with runtime.one_blas_thread():
+        assert runtime.blas_threads() == 1
+    assert runtime.blas_threads() == 3
 
 
 @needs_openblas
 def test_overlapping_blocks_put_the_count_back_when_the_last_ends(three_blas_threads):
     """Two encode() calls at once: the first to end must not give the other's workers all the threads back."""
-    first, second = blas.one_blas_thread(), blas.one_blas_thread()
+    first, second = runtime.one_blas_thread(), runtime.one_blas_thread()
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)
-    assert blas.blas_threads() == 1
+    assert runtime.blas_threads() == 1
     second.__exit__(None, None, None)
-    assert blas.blas_threads() == 3
+    assert runtime.blas_threads() == 3
 
 
 @needs_openblas
 def test_the_count_is_put_back_when_the_block_fails(three_blas_threads):
-    with pytest.raises(KeyboardInterrupt), blas.one_blas_thread():
+    with pytest.raises(KeyboardInterrupt), runtime.one_blas_thread():
         raise KeyboardInterrupt
-    assert blas.blas_threads() == 3
+    assert runtime.blas_threads() == 3
 
 
 def blas_threads_per_batch(model, monkeypatch):
@@ -69,7 +69,7 @@ def blas_threads_per_batch(model, monkeypatch):
     seen, run = [], model._run
 
     def run_and_look(*args, **kwargs):
-        seen.append((blas.blas_threads(), threading.current_thread().name))
+        seen.append((runtime.blas_threads(), threading.current_thread().name))
         return run(*args, **kwargs)
     monkeypatch.setattr(model, "_run", run_and_look)
     return seen
@@ -88,7 +88,7 @@ def test_workers_run_blas_on_one_thread_and_leave_the_count_as_it_was(three_blas
     model.encode(TEXTS, batch_size=2, threads=None if shared else 2)
     assert len(seen) == 6 and {count for count, _ in seen} == {1}
     assert any(name != threading.current_thread().name for _, name in seen)     # on workers, not this thread
-    assert blas.blas_threads() == 3
+    assert runtime.blas_threads() == 3
 
 
 @needs_openblas
@@ -117,16 +117,16 @@ def test_candidates_are_the_bundled_openblas_then_those_the_process_loaded(tmp_p
         f"7f0000003000-7f0000004000 r-xp 00000000 08:01 1236 {bundled}\n"
         "7f0000004000-7f0000005000 rw-p 00000000 00:00 0 \n"
         "7ffd00000000-7ffd00001000 rw-p 00000000 00:00 0                  [stack]\n")
-    assert blas.openblas_candidates(str(numpy_dir), maps=str(maps)) == [
+    assert runtime.openblas_candidates(str(numpy_dir), maps=str(maps)) == [
         bundled, "/opt/conda env/lib/libopenblasp-r0.3.28.so"]
-    assert blas.openblas_candidates(str(numpy_dir), maps=str(tmp_path / "none")) == [bundled]
+    assert runtime.openblas_candidates(str(numpy_dir), maps=str(tmp_path / "none")) == [bundled]
 
 
 def _count_in_child(queue):
-    found = blas.blas_threads()
-    with blas.one_blas_thread():
-        inside = blas.blas_threads()
-    queue.put((found, inside, blas.blas_threads()))
+    found = runtime.blas_threads()
+    with runtime.one_blas_thread():
+        inside = runtime.blas_threads()
+    queue.put((found, inside, runtime.blas_threads()))
 
 
 @needs_openblas
@@ -137,7 +137,7 @@ def test_a_child_forked_while_workers_run_starts_with_the_count_they_found(three
     keep one thread for good, its blocks never all ending."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    with blas.one_blas_thread():
+    with runtime.one_blas_thread():
         child = context.Process(target=_count_in_child, args=(queue,))
         child.start()
     try:

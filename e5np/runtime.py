@@ -1,12 +1,24 @@
-"""One BLAS thread while e5np's workers each run whole batches, so they don't oversubscribe the cores; and how many
-cores there are to keep busy.
+"""The process-wide parts of e5np: what every model, thread and forked child of one process shares.
+
+An application that embeds on many threads (a web server), a process pool, or a Ray actor shares exactly these,
+and nothing else: models hold no threads of their own.
+
+- BLAS threads. NumPy's OpenBLAS has one thread count for the whole process. `one_blas_thread()` sets it to 1
+  while e5np's workers each run a whole batch (so that two workers don't each take every core) and puts back the
+  count it found when the last of them finishes.
+- Workers. `workers(n)` is the process's one pool of n threads: every encode() running n batches at once, on any
+  model, queues its batches there, so that concurrent calls share the cores instead of each starting threads.
+- Forks. A child forked while workers ran (gunicorn --preload, multiprocessing) has none of the parent's
+  threads: it starts with no pools and the BLAS count the parent found.
+- Directory locks. `lock_directory(path)` holds an exclusive lock on path/.lock until the process ends: two
+  builds of one search index would interleave their chunks.
+- CPUs. `available_cpus()` counts the CPUs this process may keep busy (affinity, cgroup quota).
 
 NumPy has no API for BLAS threads. Its wheels bundle OpenBLAS, which exports openblas_get_num_threads and
 openblas_set_num_threads (under the names of the build: scipy_openblas_set_num_threads64_ in NumPy 2's wheels);
-we call them through ctypes. The count they set is the whole process's, as is, in the pthreads builds NumPy
-ships, the one openblas_set_num_threads_local sets (and NumPy 2.5's OpenBLAS no longer exports that one). So
-`one_blas_thread()` sets it for as long as some workers run and puts back what it found when the last of them
-finish. With any other BLAS (MKL, Accelerate) it does nothing and e5np stays correct.
+they are called through ctypes. The count they set is the whole process's, as is, in the pthreads builds NumPy
+ships, the one openblas_set_num_threads_local sets (which some OpenBLAS builds do not export). With any other
+BLAS (MKL, Accelerate) the guard does nothing and e5np stays correct.
 """
 
 import contextlib
@@ -16,10 +28,12 @@ import glob
 import math
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+# --- BLAS threads ------------------------------------------------------------------------------
 # (get, set) as each kind of OpenBLAS build names them: NumPy 2's wheels (scipy-openblas, 64-bit integers), the
 # 32-bit-integer scipy-openblas, NumPy 1's wheels (openblas64_), and a plain OpenBLAS (a system's, conda's). The
 # Fortran-style names (openblas_set_num_threads_, ..._64_) take a pointer, not an int: not these.
@@ -70,10 +84,10 @@ _held_lock = threading.Lock()
 
 @contextlib.contextmanager
 def one_blas_thread():
-    """NumPy's BLAS on one thread while the block runs: for worker threads that each run a whole batch. Two
-    workers whose matrix products each took both cores ran e5np 1.3-1.4x slower (short queries, 2 cores). Blocks
-    may overlap (several encode() calls at once): the count found by the first is put back when the last ends.
-    Other threads' BLAS calls meanwhile run on one thread too, as the count is the process's."""
+    """NumPy's BLAS on one thread while the block runs: for worker threads that each run a whole batch (two
+    workers whose products each took every core would slow each other down). Blocks may overlap (several encode()
+    calls at once): the count found by the first is put back when the last ends. Other threads' BLAS calls
+    meanwhile run on one thread too, as the count is the process's."""
     functions = openblas_threads()
     if functions is None:
         yield
@@ -93,11 +107,59 @@ def one_blas_thread():
                 set_(_held["found"])
 
 
+# --- workers ---------------------------------------------------------------------------------
+_pools = {}                                                            # threads -> the process's pool of that size
+_pools_lock = threading.Lock()
+
+
+def workers(threads):
+    """The process's pool of `threads` worker threads, made on first use and kept for the process's life. Every
+    caller asking for the same size gets the same pool, so concurrent encode() calls (a web app's request threads,
+    several models) queue their batches for the same cores instead of each running threads of their own. A pool
+    is never shut down: a caller may have taken it and be about to hand it batches."""
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix=f"e5np-worker-{threads}")
+        return pool
+
+
+# --- directory locks ---------------------------------------------------------------------------
+class LockedError(OSError):
+    """Another process holds the directory's lock."""
+
+
+_held_locks = {}                                                       # directory -> its open .lock file
+
+
+def lock_directory(directory):
+    """An exclusive lock on directory/.lock for the rest of this process (taken once; later calls return at
+    once). LockedError if another process holds it, OSError if the file cannot be written; no lock where fcntl
+    is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    directory = Path(directory).absolute()
+    if directory in _held_locks:
+        return
+    lock = open(directory / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise LockedError(f"{directory} is locked by another process") from None
+    _held_locks[directory] = lock
+
+
+# --- forks -------------------------------------------------------------------------------------
 def _after_fork_in_child():
-    """A child forked while workers ran has none of them: it starts with the count the parent found, and a lock
-    no thread of the parent may be holding."""
-    global _held_lock
-    _held_lock = threading.Lock()
+    """A child forked while workers ran has none of their threads: no pools (work handed to a parent's pool would
+    never run), fresh locks no parent thread may be holding, and the BLAS count the parent found. Directory locks
+    stay held: flock locks belong to the open file, which the child shares with the parent."""
+    global _held_lock, _pools_lock
+    _held_lock, _pools_lock = threading.Lock(), threading.Lock()
+    _pools.clear()
     if _held["blocks"]:
         _held["blocks"] = 0
         openblas_threads()[1](_held["found"])
@@ -107,6 +169,7 @@ if hasattr(os, "register_at_fork"):                                    # not on 
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# --- CPUs --------------------------------------------------------------------------------------
 def available_cpus(cgroup_root="/sys/fs/cgroup", proc_self_cgroup="/proc/self/cgroup"):
     """How many CPUs this process can keep busy: those its affinity allows (taskset, a cpuset), capped by the CPU
     time its cgroups allow (a container's --cpus, a Kubernetes CPU limit), rounded up. os.cpu_count() counts the
