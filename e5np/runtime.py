@@ -12,7 +12,8 @@ and nothing else: models hold no threads of their own.
   threads: it starts with no pools and the BLAS count the parent found.
 - Directory locks. `lock_directory(path)` holds an exclusive lock on path/.lock until the process ends: two
   builds of one search index would interleave their chunks.
-- CPUs. `available_cpus()` counts the CPUs this process may keep busy (affinity, cgroup quota).
+- CPUs. `available_cpus()` counts the CPUs this process may keep busy (affinity, cgroup quota,
+  OMP_NUM_THREADS): encode()'s default number of workers.
 
 NumPy has no API for BLAS threads. Its wheels bundle OpenBLAS, which exports openblas_get_num_threads and
 openblas_set_num_threads (under the names of the build: scipy_openblas_set_num_threads64_ in NumPy 2's wheels);
@@ -170,16 +171,27 @@ if hasattr(os, "register_at_fork"):                                    # not on 
 
 
 # --- CPUs --------------------------------------------------------------------------------------
-def available_cpus(cgroup_root="/sys/fs/cgroup", proc_self_cgroup="/proc/self/cgroup"):
+def available_cpus(cgroup_root="/sys/fs/cgroup", proc_self_cgroup="/proc/self/cgroup", environ=os.environ):
     """How many CPUs this process can keep busy: those its affinity allows (taskset, a cpuset), capped by the CPU
-    time its cgroups allow (a container's --cpus, a Kubernetes CPU limit), rounded up. os.cpu_count() counts the
+    time its cgroups allow (a container's --cpus, a Kubernetes CPU limit), rounded up, and by the thread budget a
+    scheduler gave the process in OMP_NUM_THREADS (Ray, Spark and Dask set it to a task's or an actor's CPUs, and
+    leave the affinity whole: K actors on a node would each start a worker per core). os.cpu_count() counts the
     machine's: 64 workers, and 64 batches' memory, for a container allowed 2."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):                                  # not Linux
         cpus = os.cpu_count() or 1
     quota = cgroup_cpu_quota(Path(cgroup_root), Path(proc_self_cgroup))
-    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+    if quota:
+        cpus = min(cpus, math.ceil(quota))
+    budget = omp_threads(environ)
+    return max(1, min(cpus, budget) if budget else cpus)
+
+
+def omp_threads(environ=os.environ):
+    """OMP_NUM_THREADS as a positive int (its first level, for a nested "4,2"), or None when unset or not one."""
+    first = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
 
 
 def cgroup_cpu_quota(root, proc_self_cgroup):

@@ -215,7 +215,7 @@ def prefix_end(text, chars):
 
 def encode_prefix(tokenizer, text, chars, first):
     """The truncated encoding of a long text, from a prefix of it: tokenizers work through the whole text before
-    truncating (a 20 MB text took 17 s and 2.9 GB), though only the first max_length tokens are kept.
+    truncating (megabytes of text take seconds and gigabytes), though only the first max_length tokens are kept.
 
     Tokenizers split a text into words at spaces (and maybe more) and tokenize each word on its own, so the tokens
     of the words before a cut at a space do not depend on what follows it. Not so for a cut inside a word: a

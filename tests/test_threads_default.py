@@ -20,6 +20,12 @@ def cgroup_tree(tmp_path, proc_lines, files):
     return {"cgroup_root": str(root), "proc_self_cgroup": str(tmp_path / "cgroup")}
 
 
+@pytest.fixture(autouse=True)
+def no_thread_budget(monkeypatch):
+    """These tests set the affinity and the cgroups; a budget in the environment would cap them."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
 V2 = ["0::/kubepods/pod1/container"]
 V1 = ["4:memory:/docker/abc", "1:cpu,cpuacct:/docker/abc", "0::/"]
 
@@ -46,6 +52,26 @@ def test_cpus_are_the_affinity_capped_by_a_cgroup_quota(tmp_path, monkeypatch, p
 def test_no_proc_self_cgroup_means_the_affinity(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
     assert available_cpus(cgroup_root=str(tmp_path), proc_self_cgroup=str(tmp_path / "absent")) == 3
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), ("2", 2), ("4,2", 4), ("16", 8), ("0", 8), ("", 8),
+                                             ("four", 8), ("-2", 8)])
+def test_a_schedulers_thread_budget_caps_the_cpus(tmp_path, monkeypatch, value, expected):
+    """Ray, Spark and Dask give a task or actor its CPUs in OMP_NUM_THREADS and leave its affinity the whole node's;
+    a value that is not a positive count is no budget."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    paths = {"cgroup_root": str(tmp_path), "proc_self_cgroup": str(tmp_path / "absent")}
+    assert available_cpus(**paths, environ={"OMP_NUM_THREADS": value}) == expected
+
+
+def test_a_process_with_a_thread_budget_runs_that_many_workers():
+    import subprocess
+    import sys
+
+    code = f"import e5np; print(e5np.load({str(TINY_DIR)!r}).threads)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.stdout == "1\n", result.stderr
 
 
 def test_a_model_runs_one_worker_per_available_cpu(monkeypatch):
