@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
 
 import e5np  # noqa: E402
-from e5np import bert  # noqa: E402
+from e5np import engine, numerics, reference  # noqa: E402
 
 
 def link(function):
@@ -55,7 +55,7 @@ def walkthrough(model, text, label):
     x0 = summed - summed.mean()
     normed = x0 / np.sqrt((x0 ** 2).mean() + c.layer_norm_eps) * e["norm"]["g"] + e["norm"]["b"]
     assert np.allclose(normed, f.hidden_states[0][0, t], atol=1e-5)
-    out.append(f"\n## 2. Embeddings ({link(bert.embed)})\n")
+    out.append(f"\n## 2. Embeddings ({link(engine.embed)})\n")
     out.append(f"Each token's vector is the sum of three learned rows, then LayerNorm. For token {t} `{tokens[t]}`:\n")
     out.append("```")
     out.append(f"word_embeddings[{ids[t]}]     {vec(word)}")
@@ -63,7 +63,7 @@ def walkthrough(model, text, label):
     out.append(f"position_embeddings[{t}]    {vec(pos)}")
     out.append(f"sum                       {vec(summed)}")
     out.append(f"LayerNorm(sum)            {vec(normed)}   mean {normed.mean():+.4f}, "
-               f"scale set by the learned g and b ({link(bert.layer_norm)})")
+               f"scale set by the learned g and b ({link(engine.layer_norm)})")
     out.append("```")
 
     layer = p["layers"][0]["attention"]
@@ -75,10 +75,10 @@ def walkthrough(model, text, label):
     probs = np.exp(scores - scores.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     assert np.allclose(probs, f.attentions[0][0, h], atol=1e-5)
-    out.append(f"\n## 3. Self-attention, layer 1, head {h} ({link(bert.self_attention)})\n")
+    out.append(f"\n## 3. Self-attention, layer 1, head {h} ({link(engine.self_attention)})\n")
     out.append(f"The {H}-wide vectors are projected to queries, keys and values and split into {N} heads of {D}. "
                f"Head {h}'s score of query token i for key token j is q_i · k_j / sqrt({D}); softmax over j turns "
-               f"each row into weights ({link(bert.softmax_in_exp_units)}: on CPUs where NumPy's 2^x is vectorized, "
+               f"each row into weights ({link(numerics.softmax_in_exp_units)}: on CPUs where NumPy's 2^x is vectorized, "
                f"e5np scales the scores by log2(e) and takes 2^x, faster and more accurate there than e^x; "
                f"e^s = 2^(s·log2 e)). Row for `[CLS]`:\n")
     out.append("| key | " + " | ".join(f"`{tok}`" for tok in tokens) + " |")
@@ -88,24 +88,24 @@ def walkthrough(model, text, label):
     top = int(np.argmax(probs[0]))
     out.append(f"\n`[CLS]` attends most to `{tokens[top]}` ({probs[0, top]:.1%}). The weighted sum of the value "
                f"vectors, heads concatenated and projected back to {H}, is added to the input (a residual) and "
-               f"LayerNorm'd ({link(bert.encoder_layer)}).\n")
+               f"LayerNorm'd ({link(engine.encoder_layer)}).\n")
 
     ffn = p["layers"][0]["ffn"]
-    after_attention = bert.layer_norm(x + bert.self_attention(x, np.array([T]), **layer, n_heads=N)[0],
+    after_attention = engine.layer_norm(x + engine.self_attention(x, np.array([T]), **layer, n_heads=N)[0],
                                       **p["layers"][0]["attention_norm"], eps=c.layer_norm_eps)
     pre = (after_attention @ ffn["up"]["w"] + ffn["up"]["b"])[t]          # [F]
     picks = np.argsort(pre)[[0, len(pre) // 4, len(pre) // 2, 3 * len(pre) // 4, -1]]
-    out.append(f"## 4. Feed-forward and GELU ({link(bert.feed_forward)}, {link(bert.gelu)})\n")
+    out.append(f"## 4. Feed-forward and GELU ({link(engine.feed_forward)}, {link(numerics.gelu)})\n")
     out.append(f"Each token goes up to {c.intermediate_size} units, through GELU(x) = x·Φ(x) (Φ the standard normal "
                f"CDF), and back down to {H}. NumPy has no erf: e5np writes GELU(x) = relu(x) − |x|·Q(|x|), with "
                f"Q = 1 − Φ the upper tail, and evaluates Q(z) = e^(−z²/2)·R(z / (2√2 + z)) with a fitted polynomial "
-               f"R ({link(bert.normal_tail)}). A few of token {t}'s units:\n")
+               f"R ({link(numerics.normal_tail)}). A few of token {t}'s units:\n")
     out.append("| x | Q(\\|x\\|), e5np | Q(\\|x\\|), math.erfc | GELU(x), e5np | GELU(x), float64 |\n|---|---|---|---|---|")
     for i in picks:
         v = np.float32(pre[i])
-        ours = float(bert.normal_tail(np.abs(np.array([v])))[0])
+        ours = float(numerics.normal_tail(np.abs(np.array([v])))[0])
         exact = math.erfc(abs(float(v)) / math.sqrt(2)) / 2
-        out.append(f"| {v:+.4f} | {ours:.7e} | {exact:.7e} | {float(bert.gelu(np.array([v]))[0]):+.7g} | "
+        out.append(f"| {v:+.4f} | {ours:.7e} | {exact:.7e} | {float(numerics.gelu(np.array([v]))[0]):+.7g} | "
                    f"{float(v) * math.erfc(-float(v) / math.sqrt(2)) / 2:+.7g} |")
     out.append("\nNegative inputs are squashed towards 0, positive ones pass almost unchanged.\n")
 
@@ -113,7 +113,7 @@ def walkthrough(model, text, label):
     pooled = last.mean(axis=0)                                  # every token is real: no padding here
     normalized = pooled / np.linalg.norm(pooled)
     assert np.allclose(normalized, model.encode(text), atol=1e-6)
-    out.append(f"## 5. Pooling and normalization ({link(bert.mean_pool)}, {link(bert.l2_normalize)})\n")
+    out.append(f"## 5. Pooling and normalization ({link(reference.mean_pool)}, {link(reference.l2_normalize)})\n")
     out.append(f"After {c.num_hidden_layers} layers each token has a contextual {H}-vector. E5 averages them over "
                f"the real tokens and scales the mean to unit length:\n")
     out.append("```")

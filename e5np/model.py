@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import bert
+from . import engine, reference
 from .blas import available_cpus, one_blas_thread
 from .checkpoint import load_config, load_default_prompt, load_prompts, load_sentence_transformers_head, load_weights
 from .hub import resolve
@@ -116,8 +116,8 @@ def check_prefixes(prefixes):
 
 
 def check_pooling(pooling):
-    if pooling not in bert.POOLINGS:
-        raise ValueError(f"pooling must be one of {sorted(bert.POOLINGS)}, got {pooling!r}")
+    if pooling not in reference.POOLINGS:
+        raise ValueError(f"pooling must be one of {sorted(reference.POOLINGS)}, got {pooling!r}")
 
 
 def check_options(pooling=None, normalize=None, prefixes=None, threads=None):
@@ -219,8 +219,8 @@ class Model:
                 f"normalize={self.normalize}, dtype={np.dtype(self.dtype).name})")
 
     def _pool(self, hidden, attention_mask, normalize):
-        vectors = bert.POOLINGS[self.pooling](hidden, attention_mask)    # [B, T, H] -> [B, H]
-        return bert.l2_normalize(vectors) if normalize else vectors
+        vectors = reference.POOLINGS[self.pooling](hidden, attention_mask)    # [B, T, H] -> [B, H]
+        return reference.l2_normalize(vectors) if normalize else vectors
 
     def tokenize(self, texts):
         """Texts -> TokenBatch (ids, mask, token strings, which texts were truncated)."""
@@ -228,10 +228,10 @@ class Model:
         return tokenize(self.tokenizer, texts, pad_id=self.config.pad_token_id)
 
     def _run(self, batch, keep_hidden=False, keep_attention=False):
-        return bert.encode(batch.input_ids, batch.attention_mask, self.params,
-                           n_heads=self.config.num_attention_heads, eps=self.config.layer_norm_eps,
-                           position_offset=self.config.position_offset,
-                           keep_hidden=keep_hidden, keep_attention=keep_attention)
+        return engine.encode(batch.input_ids, batch.attention_mask, self.params,
+                             n_heads=self.config.num_attention_heads, eps=self.config.layer_norm_eps,
+                             position_offset=self.config.position_offset,
+                             keep_hidden=keep_hidden, keep_attention=keep_attention)
 
     def encode(self, texts, *, batch_size=32, normalize=None, truncation="warn", threads=None,
                show_progress_bar=False, prefix=None):
@@ -358,7 +358,7 @@ class Model:
         batch = self.tokenize(texts)
         last, hidden_states, attentions = self._run(batch, keep_hidden=True, keep_attention=output_attentions)
         pooled = self._pool(last, batch.attention_mask, normalize=False)
-        embeddings = bert.l2_normalize(pooled) if self.normalize else pooled
+        embeddings = reference.l2_normalize(pooled) if self.normalize else pooled
         return Forward(batch.tokens, batch.input_ids, batch.attention_mask, hidden_states, attentions,
                        pooled, embeddings)
 
