@@ -20,8 +20,9 @@ _math_erf = np.frompyfunc(math.erf, 1, 1)
 
 
 def erf(x):
-    """The error function of the C library, element by element, in float64 (NumPy has none)."""
-    return _math_erf(np.asarray(x, np.float64)).astype(np.float64)
+    """The error function of the C library (NumPy has none), element by element, in float64, rounded to x's dtype."""
+    x = np.asarray(x)
+    return _math_erf(x).astype(x.dtype)
 
 
 def gelu(x):
