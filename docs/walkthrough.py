@@ -106,7 +106,8 @@ def walkthrough(model, text, label):
                f"a time. The fast engine ({link(numerics.gelu)}) writes GELU(x) = relu(x) − |x|·Q(|x|), with "
                f"Q = 1 − Φ the upper tail, and evaluates Q(z) = e^(−z²/2)·R(z / (2√2 + z)) with a fitted polynomial "
                f"R ({link(numerics.normal_tail)}). A few of token {t}'s units:\n")
-    out.append("| x | Q(\\|x\\|), engine | Q(\\|x\\|), math.erfc | GELU(x), engine | GELU(x), reference |\n|---|---|---|---|---|")
+    out.append("| x | Q(\\|x\\|), engine | Q(\\|x\\|), math.erfc | GELU(x), engine | GELU(x), reference |\n"
+               "|---|---|---|---|---|")
     for i in picks:
         v = np.float32(pre[i])
         ours = float(numerics.normal_tail(np.abs(np.array([v])))[0])

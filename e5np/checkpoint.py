@@ -191,7 +191,8 @@ def _read_raw(path, name):
 
 
 def load_weights(directory, config, dtype=np.float32):
-    """Read model.safetensors into the nested dict `e5np.reference` and `e5np.engine` take, checking every name and shape."""
+    """Read model.safetensors into the nested dict `e5np.reference` and `e5np.engine` take, checking every name and
+    shape."""
     directory = Path(directory)
     path = directory / WEIGHTS_FILE
     if not path.is_file():

@@ -75,10 +75,10 @@ def feed_forward(x, up, down):
     return linear(gelu(linear(x, **up)), **down)                       # [B, T, H] -> [B, T, F] -> [B, T, H]
 
 
-def encoder_layer(x, mask, attention, attention_norm, ffn, ffn_norm, n_heads, eps):
-    attended, probs = self_attention(x, mask, **attention, n_heads=n_heads)  # [B, T, H], [B, N, T, T]
-    x = layer_norm(x + attended, **attention_norm, eps=eps)            # [B, T, H]: residual, then LayerNorm (post-LN)
-    x = layer_norm(x + feed_forward(x, **ffn), **ffn_norm, eps=eps)    # [B, T, H]
+def encoder_layer(x, mask, layer, n_heads, eps):
+    attended, probs = self_attention(x, mask, **layer["attention"], n_heads=n_heads)  # [B, T, H], [B, N, T, T]
+    x = layer_norm(x + attended, **layer["attention_norm"], eps=eps)   # [B, T, H]: residual, then LayerNorm (post-LN)
+    x = layer_norm(x + feed_forward(x, **layer["ffn"]), **layer["ffn_norm"], eps=eps)  # [B, T, H]
     return x, probs
 
 
@@ -96,18 +96,18 @@ def forward(input_ids, attention_mask, params, n_heads, eps, position_offset=0, 
     dtype = params["embeddings"]["word"].dtype
     real = attention_mask > 0                                          # [B, T]
     mask = np.where(real, 0, -np.inf).astype(dtype)[:, None, None, :]  # [B, 1, 1, T]: -inf on padded keys
-    queries = real[:, None, :, None]                                   # [B, 1, T, 1]: the real queries' rows
+    tokens, queries = real[:, :, None], real[:, None, :, None]         # [B, T, 1], [B, 1, T, 1]: the real rows
 
     x = embed(input_ids, np.arange(T) + position_offset, **params["embeddings"], eps=eps)  # [B, T, H]
-    hidden_states = [np.where(real[..., None], x, 0)] if keep_hidden else None  # padding reads 0 (computed, unused)
+    hidden_states = [np.where(tokens, x, 0)] if keep_hidden else None  # padding reads 0 (computed, not used)
     attentions = [] if keep_attention else None
     for layer in params["layers"]:
-        x, probs = encoder_layer(x, mask, **layer, n_heads=n_heads, eps=eps)  # [B, T, H], [B, N, T, T]
+        x, probs = encoder_layer(x, mask, layer, n_heads, eps)         # [B, T, H], [B, N, T, T]
         if keep_hidden:
-            hidden_states.append(np.where(real[..., None], x, 0))      # [B, T, H]
+            hidden_states.append(np.where(tokens, x, 0))               # [B, T, H]
         if keep_attention:
             attentions.append(np.where(queries, probs, 0))             # [B, N, T, T]: padded keys are 0 already
-    last = hidden_states[-1] if keep_hidden else np.where(real[..., None], x, 0)
+    last = hidden_states[-1] if keep_hidden else np.where(tokens, x, 0)
     return last, hidden_states, attentions
 
 
@@ -124,7 +124,7 @@ def cls_pool(hidden, attention_mask):
 
 def max_pool(hidden, attention_mask):
     real = attention_mask[:, :, None] > 0                              # [B, T, 1]
-    return np.where(real, hidden, -1e9).max(axis=1).astype(hidden.dtype)  # [B, T, H] -> [B, H], as sentence-transformers
+    return np.where(real, hidden, -1e9).max(axis=1).astype(hidden.dtype)  # [B, T, H] -> [B, H], padding -1e9
 
 
 def mean_sqrt_len_pool(hidden, attention_mask):

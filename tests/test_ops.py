@@ -133,7 +133,8 @@ def test_the_exponential_is_the_one_this_numpy_vectorizes():
         return
     current = opt_func_info(func_name="^exp2$", signature="float32")["exp2"]["ff"]["current"]
     vectorized = not current.startswith("baseline")
-    assert (numerics.EXP, numerics.EXP_UNITS) == ((np.exp2, math.log2(math.e)) if vectorized else (np.exp, 1.0)), current
+    want = (np.exp2, math.log2(math.e)) if vectorized else (np.exp, 1.0)
+    assert (numerics.EXP, numerics.EXP_UNITS) == want, current
 
 
 def small_params(H=16, F=24, L=2, V=50, P=20, seed=1):

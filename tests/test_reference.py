@@ -92,7 +92,8 @@ def test_left_padding_engine_against_the_reference(load_model):
     right = model32.tokenize(BATCHES["mixed"])
     rows, columns = np.indices(right.input_ids.shape)
     columns = (columns + right.lengths[:, None]) % columns.shape[1]     # each row's padding moved to its front
-    batch = SimpleNamespace(input_ids=right.input_ids[rows, columns], attention_mask=right.attention_mask[rows, columns])
+    batch = SimpleNamespace(input_ids=right.input_ids[rows, columns],
+                            attention_mask=right.attention_mask[rows, columns])
     assert (batch.attention_mask[:, 0] == 0).any()
     (_, hidden32, maps32), (_, hidden64, maps64), (_, truth, exact_maps) = (
         run(engine.encode, model32, batch), run(engine.encode, model64, batch), run(reference.forward, model64, batch))

@@ -52,7 +52,8 @@ import e5np  # noqa: E402
 from e5np import engine  # noqa: E402
 from e5np.blas import one_blas_thread  # noqa: E402
 
-# engine's functions (its own, and the numerics it calls by name), outermost last, and the part of the forward pass each one's own time counts for
+# engine's functions (its own, and the numerics it calls by name), outermost last, and the part of the forward
+# pass each one's own time counts for
 PARTS = {
     "linear": "linear layers: x @ w + b",
     "gelu": "GELU",
