@@ -3,7 +3,7 @@
 Every function here is pure: arrays in, arrays out, no I/O and no hidden state. The weights are the nested dict
 of `e5np.checkpoint.load_weights`, linear weights stored as [in, out]. `e5np.reference` is the same model as the
 paper writes it (padded texts, an additive mask, erf GELU); this module gives its numbers to float32's precision
-(tests/test_reference.py holds the two together) by doing less work, not other math:
+(tests/test_reference.py holds the two together) by doing less work, and the same functions more cheaply:
 
 - no padding: between the embeddings and the last layer a batch is one [S, H] array of its texts' real tokens end
   to end. Every step but attention treats each token on its own, and attention slices each text's rows out, which
