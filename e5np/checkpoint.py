@@ -191,7 +191,8 @@ def _read_raw(path, name):
 
 
 def load_weights(directory, config, dtype=np.float32):
-    """Read model.safetensors into the nested dict `e5np.bert` expects, checking every name and shape."""
+    """Read model.safetensors into the nested dict `e5np.reference` and `e5np.engine` take, checking every name and
+    shape."""
     directory = Path(directory)
     path = directory / WEIGHTS_FILE
     if not path.is_file():
@@ -241,7 +242,7 @@ def load_weights(directory, config, dtype=np.float32):
 
 
 def nest(tensors, config):
-    """Flat transformers names -> the nested dict of `e5np.bert`, linear weights as [in, out].
+    """Flat transformers names -> the nested dict of `e5np.reference` and `e5np.engine`, linear weights as [in, out].
 
     The linear weights are taken out of `tensors` (each original is freed as soon as it is copied).
     """
@@ -281,7 +282,7 @@ def nest(tensors, config):
 # --- sentence-transformers layout ----------------------------------------------------------------
 ST_MODULES = "modules.json"
 ST_PROMPTS_FILE = "config_sentence_transformers.json"
-ST_POOLING_MODES = {  # 1_Pooling/config.json flag -> e5np.bert.POOLINGS key
+ST_POOLING_MODES = {  # 1_Pooling/config.json flag -> e5np.reference.POOLINGS key
     "pooling_mode_mean_tokens": "mean",
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
@@ -339,7 +340,7 @@ def pooling_configs(directory):
 
 
 def _read_pooling(path):
-    """The e5np.bert.POOLINGS key a sentence-transformers Pooling config names, in either of its formats."""
+    """The e5np.reference.POOLINGS key a sentence-transformers Pooling config names, in either of its formats."""
     settings = read_json(path)
     if not isinstance(settings, dict):
         raise CheckpointError(f"{path}: expected a JSON object")

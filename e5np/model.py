@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import bert
+from . import engine, reference
 from .batching import length_batches, run_batches
 from .checkpoint import load_config, load_default_prompt, load_prompts, load_sentence_transformers_head, load_weights
 from .hub import resolve
@@ -51,8 +51,8 @@ class Embedded:
 
 
 def check_pooling(pooling):
-    if pooling not in bert.POOLINGS:
-        raise ValueError(f"pooling must be one of {sorted(bert.POOLINGS)}, got {pooling!r}")
+    if pooling not in reference.POOLINGS:
+        raise ValueError(f"pooling must be one of {sorted(reference.POOLINGS)}, got {pooling!r}")
 
 
 def check_options(pooling=None, normalize=None, prefixes=None, threads=None):
@@ -135,8 +135,8 @@ class Model:
                 f"normalize={self.normalize}, dtype={np.dtype(self.dtype).name})")
 
     def _pool(self, hidden, attention_mask, normalize):
-        vectors = bert.POOLINGS[self.pooling](hidden, attention_mask)    # [B, T, H] -> [B, H]
-        return bert.l2_normalize(vectors) if normalize else vectors
+        vectors = reference.POOLINGS[self.pooling](hidden, attention_mask)    # [B, T, H] -> [B, H]
+        return reference.l2_normalize(vectors) if normalize else vectors
 
     def tokenize(self, texts):
         """Texts -> TokenBatch (ids, mask, token strings, which texts were truncated)."""
@@ -144,10 +144,13 @@ class Model:
         return tokenize(self.tokenizer, texts, pad_id=self.config.pad_token_id)
 
     def _run(self, batch, keep_hidden=False, keep_attention=False):
-        return bert.encode(batch.input_ids, batch.attention_mask, self.params,
-                           n_heads=self.config.num_attention_heads, eps=self.config.layer_norm_eps,
-                           position_offset=self.config.position_offset,
-                           keep_hidden=keep_hidden, keep_attention=keep_attention)
+        # float64 is the ground truth: the model as the paper writes it; float32 the fast engine (the same numbers
+        # to float32's precision, tests/test_reference.py)
+        run = reference.forward if np.dtype(self.dtype) == np.float64 else engine.encode
+        return run(batch.input_ids, batch.attention_mask, self.params,
+                   n_heads=self.config.num_attention_heads, eps=self.config.layer_norm_eps,
+                   position_offset=self.config.position_offset,
+                   keep_hidden=keep_hidden, keep_attention=keep_attention)
 
     def prefix(self, kind=None):
         """What the model adds before a text of this kind: "query" or "passage" ("document" is a passage) gives
@@ -262,7 +265,7 @@ class Model:
         batch = self.tokenize(texts)
         last, hidden_states, attentions = self._run(batch, keep_hidden=True, keep_attention=output_attentions)
         pooled = self._pool(last, batch.attention_mask, normalize=False)
-        embeddings = bert.l2_normalize(pooled) if self.normalize else pooled
+        embeddings = reference.l2_normalize(pooled) if self.normalize else pooled
         return Forward(batch.tokens, batch.input_ids, batch.attention_mask, hidden_states, attentions,
                        pooled, embeddings)
 

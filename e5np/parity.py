@@ -117,7 +117,7 @@ def parity_report(directory, texts, max_length, tolerance=1e-6):
     the model normalizes its output: the parity bar is for unit vectors). Ground truth is e5np in float64, which
     agrees with transformers in float64 (also reported) to ~1e-14.
     """
-    from .bert import l2_normalize
+    from .reference import l2_normalize
     from .model import load
     from .tokenizer import lowercases_first
 

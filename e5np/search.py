@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bert import l2_normalize
+from .reference import l2_normalize
 from .checkpoint import WEIGHTS_FILE
 from .tokenizer import lowercases_first, tokenizer_files
 

@@ -38,18 +38,18 @@ def load_reference(name):
     return ref
 
 
-EXPONENTIALS = {"exp2": (np.exp2, math.log2(math.e)), "exp": (np.exp, 1.0)}  # as e5np.bert writes them
+EXPONENTIALS = {"exp2": (np.exp2, math.log2(math.e)), "exp": (np.exp, 1.0)}  # as e5np.numerics writes them
 
 
 @pytest.fixture(params=sorted(EXPONENTIALS))
 def exponential(request, monkeypatch):
-    """Each of the exponentials e5np.bert may take (e5np.bert.EXP: exp2 on CPUs where NumPy vectorizes it, exp
-    elsewhere), whichever this CPU gets: the name, with bert.EXP and bert.EXP_UNITS set to it for the test."""
-    from e5np import bert
+    """Each of the exponentials the engine may take (e5np.numerics.EXP: exp2 on CPUs where NumPy vectorizes it, exp
+    elsewhere), whichever this CPU gets: the name, with numerics.EXP and numerics.EXP_UNITS set to it for the test."""
+    from e5np import numerics
 
     EXP, EXP_UNITS = EXPONENTIALS[request.param]
-    monkeypatch.setattr(bert, "EXP", EXP)
-    monkeypatch.setattr(bert, "EXP_UNITS", EXP_UNITS)
+    monkeypatch.setattr(numerics, "EXP", EXP)
+    monkeypatch.setattr(numerics, "EXP_UNITS", EXP_UNITS)
     return request.param
 
 

@@ -1,5 +1,5 @@
 """tools/breakdown.py: its parts account for the run without counting anything twice, it counts the linear layers'
-FLOPs exactly, changes no vector, and leaves e5np.bert as it found it."""
+FLOPs exactly, changes no vector, and leaves e5np.engine as it found it."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e5np import bert
+from e5np import engine
 from tests.checkpoints import TINY_DIR
 from tests.corpus import PARITY_TEXTS
 from tests.row_independence import assert_same_vectors
@@ -50,13 +50,13 @@ def test_timing_changes_no_vector(minilm, minilm_run):
     assert sum(parts.values()) == pytest.approx(2 * wall)              # shares of both workers' time
 
 
-def test_bert_is_restored_even_after_an_error():
-    before = {name: getattr(bert, name) for name in breakdown.PARTS}
+def test_engine_is_restored_even_after_an_error():
+    before = {name: getattr(engine, name) for name in breakdown.PARTS}
     with pytest.raises(RuntimeError, match="in the middle"):
         with breakdown.timing():
-            assert bert.linear is not before["linear"]
+            assert engine.linear is not before["linear"]
             raise RuntimeError("in the middle")
-    assert {name: getattr(bert, name) for name in breakdown.PARTS} == before
+    assert {name: getattr(engine, name) for name in breakdown.PARTS} == before
 
 
 def test_the_script_prints_every_part():

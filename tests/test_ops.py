@@ -1,4 +1,5 @@
-"""The building blocks of e5np.bert against float64 references written out independently here."""
+"""The fast engine's building blocks (e5np.engine, e5np.numerics) against float64 truths: written out here, or
+e5np.reference's (the model as the paper writes it, which shares no code with the engine but float64 GELU)."""
 
 import math
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e5np import bert
+from e5np import engine, numerics, reference
 
 rng = np.random.RandomState(0)
 
@@ -23,7 +24,7 @@ def test_normal_tail_float32_relative_error(exponential):
     x = x.astype(np.float32)
     x64 = x.astype(np.float64)
     want = np.array([math.erfc(v / math.sqrt(2)) / 2 for v in x64])
-    got = bert.normal_tail(x)
+    got = numerics.normal_tail(x)
     assert got.dtype == np.float32
     relative = np.abs(got.astype(np.float64) - want) / want
     assert (relative / (1 + x64 ** 2 / 2)).max() <= 4 * 2.0**-24
@@ -35,25 +36,25 @@ def test_normal_tail_coefficients_are_what_tools_fit_gelu_fits():
     from fit_gelu import fit
 
     coefficients, error = fit()
-    np.testing.assert_allclose(bert.NORMAL_TAIL, coefficients, rtol=1e-6)
+    np.testing.assert_allclose(numerics.NORMAL_TAIL, coefficients, rtol=1e-6)
     assert error <= 1.3e-8
 
 
 def test_normal_tail_far_out_is_zero_not_nan(exponential):
-    assert bert.normal_tail(np.float32([40, 1e6, 1e18])).tolist() == [0, 0, 0]
-    assert np.isnan(bert.normal_tail(np.float32([np.nan]))).all()
+    assert numerics.normal_tail(np.float32([40, 1e6, 1e18])).tolist() == [0, 0, 0]
+    assert np.isnan(numerics.normal_tail(np.float32([np.nan]))).all()
 
 
 def test_erf_float64_is_the_c_library_erf():
     x = np.concatenate([rng.standard_normal(10_000) * 3, [0.0, 1e-300, 6.0, -27.0]])
-    np.testing.assert_array_equal(bert.erf(x), erf_reference(x))
+    np.testing.assert_array_equal(reference.erf(x), erf_reference(x))
 
 
 def test_gelu_matches_float64_definition(exponential):
     x = (rng.standard_normal(100_000) * 4).astype(np.float32)
     x64 = x.astype(np.float64)
     want = x64 * 0.5 * (1 + erf_reference(x64 / math.sqrt(2)))
-    got = bert.gelu(x)
+    got = numerics.gelu(x)
     assert got.dtype == np.float32
     error_in_ulps_of_x = np.abs(got - want) / np.spacing(np.abs(x))
     assert error_in_ulps_of_x.max() <= 2
@@ -65,14 +66,14 @@ def test_gelu_negative_side_is_relatively_accurate(exponential):
     x = -np.linspace(1e-3, 8, 200_001).astype(np.float32)
     x64 = x.astype(np.float64)
     want = np.array([v * math.erfc(-v / math.sqrt(2)) / 2 for v in x64])
-    relative = np.abs(bert.gelu(x).astype(np.float64) - want) / np.abs(want)
+    relative = np.abs(numerics.gelu(x).astype(np.float64) - want) / np.abs(want)
     assert (relative / (1 + x64 ** 2 / 2)).max() <= 4 * 2.0**-24
 
 
 def test_gelu_edges(exponential):
     x = np.float32([0.0, -0.0, 1e-45, -1e-45, 1e30, -1e30, 40, -40])
-    np.testing.assert_array_equal(bert.gelu(x), np.float32([0, 0, 1e-45, 0, 1e30, 0, 40, 0]))
-    assert np.isnan(bert.gelu(np.float32([np.nan]))).all()
+    np.testing.assert_array_equal(numerics.gelu(x), np.float32([0, 0, 1e-45, 0, 1e30, 0, 40, 0]))
+    assert np.isnan(numerics.gelu(np.float32([np.nan]))).all()
 
 
 def test_layer_norm_matches_float64():
@@ -80,25 +81,25 @@ def test_layer_norm_matches_float64():
     g, b = rng.standard_normal(384).astype(np.float32), rng.standard_normal(384).astype(np.float32)
     x64 = x.astype(np.float64)
     want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-12) * g + b
-    got = bert.layer_norm(x, g, b, eps=1e-12)
+    got = engine.layer_norm(x, g, b, eps=1e-12)
     assert got.dtype == np.float32 and np.abs(got - want).max() <= 5e-6
 
 
 def test_layer_norm_eps_matters_for_constant_rows():
     x = np.full((1, 1, 8), 3.0, dtype=np.float32)
-    out = bert.layer_norm(x, np.ones(8, np.float32), np.zeros(8, np.float32), eps=1e-12)
+    out = engine.layer_norm(x, np.ones(8, np.float32), np.zeros(8, np.float32), eps=1e-12)
     assert np.isfinite(out).all() and (out == 0).all()
 
 
 def test_softmax_in_exp_units_matches_float64_and_survives_huge_logits(exponential):
     x = (rng.standard_normal((4, 7, 33)) * 30).astype(np.float32)
-    x64 = x.astype(np.float64) / bert.EXP_UNITS                        # the scores x measures, in natural units
+    x64 = x.astype(np.float64) / numerics.EXP_UNITS                        # the scores x measures, in natural units
     want = np.exp(x64 - x64.max(-1, keepdims=True))                    # e^x / Σ e^x
     want /= want.sum(-1, keepdims=True)
-    got = bert.softmax_in_exp_units(x)
+    got = numerics.softmax_in_exp_units(x)
     assert got.dtype == np.float32 and np.abs(got - want).max() <= 1e-6
     big = np.float32([[1e30, 0.0, np.finfo(np.float32).min], [np.finfo(np.float32).max, 0.0, 0.0]])
-    np.testing.assert_allclose(bert.softmax_in_exp_units(big), [[1, 0, 0], [1, 0, 0]])
+    np.testing.assert_allclose(numerics.softmax_in_exp_units(big), [[1, 0, 0], [1, 0, 0]])
 
 
 @pytest.mark.parametrize("L", [1, 2, 13, 24, 25, 40])  # row_max's two ways: column by column to 24, then by rows
@@ -109,8 +110,8 @@ def test_softmax_survives_a_huge_score_in_any_column(L):
     for column in range(L):
         huge = scores.copy()
         huge[..., column] = 1e30
-        np.testing.assert_array_equal(bert.row_max(huge), huge.max(axis=-1, keepdims=True))
-        np.testing.assert_array_equal(bert.softmax_in_exp_units(huge),
+        np.testing.assert_array_equal(numerics.row_max(huge), huge.max(axis=-1, keepdims=True))
+        np.testing.assert_array_equal(numerics.softmax_in_exp_units(huge),
                                       np.broadcast_to(np.eye(L, dtype=np.float32)[column], huge.shape))
 
 
@@ -120,19 +121,20 @@ def test_exp2_is_taken_where_numpy_vectorizes_it(current, vectorized):
     """NumPy's introspection names the loop exp2 runs (NumPy 2.4: X86_V4, NumPy 2.0-2.3: AVX512_SKX, for its SVML
     loop on AVX-512 CPUs; baseline for the scalar C loop, which runs at half exp's speed)."""
     dispatch = {"exp2": {"ff": {"current": current, "available": f"{current} baseline(X86_V2)"}}}
-    assert bert.exp2_is_vectorized(dispatch) is vectorized
-    assert bert.exp2_is_vectorized({}) is False                        # a NumPy that does not say: exp
+    assert numerics.exp2_is_vectorized(dispatch) is vectorized
+    assert numerics.exp2_is_vectorized({}) is False                        # a NumPy that does not say: exp
 
 
 def test_the_exponential_is_the_one_this_numpy_vectorizes():
     try:
         from numpy.lib.introspect import opt_func_info
     except ImportError:
-        assert bert.EXP is np.exp and bert.EXP_UNITS == 1.0
+        assert numerics.EXP is np.exp and numerics.EXP_UNITS == 1.0
         return
     current = opt_func_info(func_name="^exp2$", signature="float32")["exp2"]["ff"]["current"]
     vectorized = not current.startswith("baseline")
-    assert (bert.EXP, bert.EXP_UNITS) == ((np.exp2, math.log2(math.e)) if vectorized else (np.exp, 1.0)), current
+    want = (np.exp2, math.log2(math.e)) if vectorized else (np.exp, 1.0)
+    assert (numerics.EXP, numerics.EXP_UNITS) == want, current
 
 
 def small_params(H=16, F=24, L=2, V=50, P=20, seed=1):
@@ -154,32 +156,23 @@ def small_params(H=16, F=24, L=2, V=50, P=20, seed=1):
     }
 
 
-def attention_float64(x, layer, n_heads, mask):
-    """Self-attention of one unpadded text, loop over heads, float64: the textbook formula."""
+def attention_float64(x, layer, n_heads):
+    """Self-attention of one unpadded text [T, H] in float64: the reference's, softmax(q·kᵀ/√D)·v head by head."""
     a = {k: {n: v.astype(np.float64) for n, v in p.items()} for k, p in layer["attention"].items()}
-    T, H = x.shape
-    D = H // n_heads
-    q, k, v = (x @ a[n]["w"] + a[n]["b"] for n in ("query", "key", "value"))
-    heads = []
-    for h in range(n_heads):
-        s = slice(h * D, (h + 1) * D)
-        scores = q[:, s] @ k[:, s].T / math.sqrt(D)
-        scores[:, mask == 0] = -np.inf
-        p = np.exp(scores - scores.max(-1, keepdims=True))
-        heads.append((p / p.sum(-1, keepdims=True)) @ v[:, s])
-    return np.concatenate(heads, axis=1) @ a["output"]["w"] + a["output"]["b"]
+    no_mask = np.zeros((1, 1, 1, len(x)))                              # every key is real
+    return reference.self_attention(x[None], no_mask, **a, n_heads=n_heads)[0][0]
 
 
-def test_self_attention_matches_per_head_float64_loop():
+def test_self_attention_matches_the_float64_reference():
     params = small_params()
     x = np.random.RandomState(2).standard_normal((4, 16)).astype(np.float32)  # one text of 4 tokens
-    got, probs = bert.self_attention(x, np.array([4]), **params["layers"][0]["attention"], n_heads=4,
+    got, probs = engine.self_attention(x, np.array([4]), **params["layers"][0]["attention"], n_heads=4,
                                      keep_probs=True)
-    want = attention_float64(x.astype(np.float64), params["layers"][0], 4, np.ones(4))
+    want = attention_float64(x.astype(np.float64), params["layers"][0], 4)
     assert np.abs(got - want).max() <= 1e-5
     assert probs.shape == (1, 4, 4, 4)
     np.testing.assert_allclose(probs.sum(-1), 1, atol=1e-6)  # each query: a distribution over keys
-    assert bert.self_attention(x, np.array([4]), **params["layers"][0]["attention"], n_heads=4)[1] is None
+    assert engine.self_attention(x, np.array([4]), **params["layers"][0]["attention"], n_heads=4)[1] is None
 
 
 def test_self_attention_keeps_packed_texts_apart():
@@ -188,11 +181,11 @@ def test_self_attention_keeps_packed_texts_apart():
     padded = np.random.RandomState(3).standard_normal((6, 6, 16)).astype(np.float32)
     lengths = np.array([4, 4, 4, 6, 6, 2])                    # runs of equal length, and a length seen once
     x = np.concatenate([padded[b, :L] for b, L in enumerate(lengths)])     # [S, H], texts end to end
-    got, probs = bert.self_attention(x, lengths, **layer["attention"], n_heads=4, keep_probs=True)
+    got, probs = engine.self_attention(x, lengths, **layer["attention"], n_heads=4, keep_probs=True)
     assert got.shape == x.shape and probs.shape == (6, 4, 6, 6)
     first = np.concatenate([[0], np.cumsum(lengths)])
     for b, L in enumerate(lengths):
-        want = attention_float64(padded[b, :L].astype(np.float64), layer, 4, np.ones(L))
+        want = attention_float64(padded[b, :L].astype(np.float64), layer, 4)
         assert np.abs(got[first[b]:first[b + 1]] - want).max() <= 1e-5, f"text {b}"
         np.testing.assert_allclose(probs[b, :, :L, :L].sum(-1), 1, atol=1e-6)
         assert (probs[b, :, :, L:] == 0).all() and (probs[b, :, L:] == 0).all()
@@ -202,14 +195,14 @@ def test_self_attention_rejects_lengths_that_do_not_cover_x():
     params = small_params()
     x = np.zeros((5, 16), np.float32)
     with pytest.raises(AssertionError, match="lengths add up to 4 tokens, x has 5 rows"):
-        bert.self_attention(x, np.array([2, 2]), **params["layers"][0]["attention"], n_heads=4)
+        engine.self_attention(x, np.array([2, 2]), **params["layers"][0]["attention"], n_heads=4)
 
 
 def test_equal_length_runs_respect_the_budget():
-    runs = list(bert.equal_length_runs(np.array([2, 2, 2, 3, 3, 9]), cost=lambda L: L * L, budget=10))
+    runs = list(engine.equal_length_runs(np.array([2, 2, 2, 3, 3, 9]), cost=lambda L: L * L, budget=10))
     assert runs == [(0, 2, 2), (2, 3, 2), (3, 4, 3), (4, 5, 3), (5, 6, 9)]  # 9*9 alone exceeds it: still one run
-    assert list(bert.equal_length_runs(np.array([5]), cost=lambda L: 1, budget=10)) == [(0, 1, 5)]
-    assert list(bert.equal_length_runs(np.array([1, 1, 1]), cost=lambda L: 1, budget=10)) == [(0, 3, 1)]
+    assert list(engine.equal_length_runs(np.array([5]), cost=lambda L: 1, budget=10)) == [(0, 1, 5)]
+    assert list(engine.equal_length_runs(np.array([1, 1, 1]), cost=lambda L: 1, budget=10)) == [(0, 3, 1)]
 
 
 @pytest.mark.parametrize("block_elements", [1, 7, 64, 65536])
@@ -218,30 +211,30 @@ def test_in_blocks_gives_the_same_numbers_as_one_call(block_elements):
     x = (r.standard_normal((3, 5, 16)) * 3).astype(np.float32)
     y = r.standard_normal((3, 5, 16)).astype(np.float32)
     g, b = r.standard_normal(16).astype(np.float32), r.standard_normal(16).astype(np.float32)
-    np.testing.assert_array_equal(bert.in_blocks(bert.gelu, x, block_elements=block_elements), bert.gelu(x))
-    np.testing.assert_array_equal(bert.in_blocks(bert.softmax_in_exp_units, x, block_elements=block_elements),
-                                  bert.softmax_in_exp_units(x))
+    np.testing.assert_array_equal(engine.in_blocks(numerics.gelu, x, block_elements=block_elements), numerics.gelu(x))
+    np.testing.assert_array_equal(engine.in_blocks(numerics.softmax_in_exp_units, x, block_elements=block_elements),
+                                  numerics.softmax_in_exp_units(x))
 
     def add_norm(p, q):
-        return bert.layer_norm(p + q, g, b, eps=1e-12)
+        return engine.layer_norm(p + q, g, b, eps=1e-12)
 
     want = add_norm(x, y)
-    got = bert.in_blocks(add_norm, x, y.copy(), block_elements=block_elements)
+    got = engine.in_blocks(add_norm, x, y.copy(), block_elements=block_elements)
     np.testing.assert_array_equal(got, want)
     target = y.copy()                                         # out= one of the inputs: written block by block
-    assert bert.in_blocks(add_norm, x, target, out=target, block_elements=block_elements) is not None
+    assert engine.in_blocks(add_norm, x, target, out=target, block_elements=block_elements) is not None
     np.testing.assert_array_equal(target, want)
-    widened = bert.in_blocks(lambda rows: np.concatenate([rows, rows], -1), x, block_elements=block_elements)
+    widened = engine.in_blocks(lambda rows: np.concatenate([rows, rows], -1), x, block_elements=block_elements)
     assert widened.shape == (3, 5, 32)                        # fn may change the row width
 
 
 def test_padding_does_not_change_real_tokens_and_reads_as_zero():
     params = small_params()
     ids = np.array([[2, 7, 9, 11, 3]])
-    alone, _, alone_probs = bert.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12, keep_attention=True)
+    alone, _, alone_probs = engine.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12, keep_attention=True)
     padded_ids = np.array([[2, 7, 9, 11, 3, 0, 0, 0], [2, 5, 5, 5, 5, 5, 5, 3]])
     mask = np.array([[1, 1, 1, 1, 1, 0, 0, 0], [1] * 8])
-    padded, hidden, probs = bert.encode(padded_ids, mask, params, n_heads=4, eps=1e-12, keep_hidden=True,
+    padded, hidden, probs = engine.encode(padded_ids, mask, params, n_heads=4, eps=1e-12, keep_hidden=True,
                                         keep_attention=True)
     assert np.abs(padded[0, :5] - alone[0]).max() <= 1e-5
     assert all((h[0, 5:] == 0).all() for h in hidden)        # padding is not computed: it reads as 0
@@ -253,9 +246,9 @@ def test_left_padding_keeps_column_positions_as_transformers_does():
     params = small_params()
     ids = np.array([[0, 0, 2, 7, 9, 3], [2, 5, 5, 5, 5, 3]])     # text 0 left-padded
     mask = np.array([[0, 0, 1, 1, 1, 1], [1] * 6])
-    last, _, probs = bert.encode(ids, mask, params, n_heads=4, eps=1e-12, keep_attention=True)
+    last, _, probs = engine.encode(ids, mask, params, n_heads=4, eps=1e-12, keep_attention=True)
     # BERT's position ids are column numbers whatever the padding: text 0 is the text alone, positions from 2
-    alone, _, alone_probs = bert.encode(ids[:1, 2:], mask[:1, 2:], params, n_heads=4, eps=1e-12, position_offset=2,
+    alone, _, alone_probs = engine.encode(ids[:1, 2:], mask[:1, 2:], params, n_heads=4, eps=1e-12, position_offset=2,
                                         keep_attention=True)
     assert (last[0, :2] == 0).all() and np.abs(last[0, 2:] - alone[0]).max() <= 1e-5
     assert np.abs(probs[0][0, :, 2:, 2:] - alone_probs[0][0]).max() <= 1e-6
@@ -265,18 +258,18 @@ def test_left_padding_keeps_column_positions_as_transformers_does():
 def test_encode_keeps_every_layer_when_asked():
     params = small_params()
     ids = np.array([[2, 7, 9, 3]])
-    last, hidden, attentions = bert.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12,
+    last, hidden, attentions = engine.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12,
                                            keep_hidden=True, keep_attention=True)
     assert len(hidden) == 3 and len(attentions) == 2
     assert hidden[-1] is last and attentions[0].shape == (1, 4, 4, 4)
-    assert bert.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12)[1:] == (None, None)
+    assert engine.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12)[1:] == (None, None)
 
 
 def test_mean_pool_ignores_padding_and_l2_normalize_handles_zero():
     hidden = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     mask = np.array([[1, 1, 0], [1, 1, 1]])
-    np.testing.assert_array_equal(bert.mean_pool(hidden, mask), [hidden[0, :2].mean(0), hidden[1].mean(0)])
-    out = bert.l2_normalize(np.array([[3, 4], [0, 0]], dtype=np.float32))
+    np.testing.assert_array_equal(reference.mean_pool(hidden, mask), [hidden[0, :2].mean(0), hidden[1].mean(0)])
+    out = reference.l2_normalize(np.array([[3, 4], [0, 0]], dtype=np.float32))
     np.testing.assert_allclose(out, [[0.6, 0.8], [0, 0]])
 
 
@@ -288,5 +281,5 @@ def test_ops_keep_dtype(dtype):
               "layers": [{k: {n: ({m: a.astype(dtype) for m, a in p.items()} if isinstance(p, dict) else p.astype(dtype))
                               for n, p in v.items()} for k, v in layer.items()} for layer in params["layers"]]}
     ids = np.array([[2, 7, 9, 3]])
-    last, _, _ = bert.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12)
+    last, _, _ = engine.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12)
     assert last.dtype == dtype

@@ -64,7 +64,7 @@ def test_float32_is_as_close_to_float64_truth_as_transformers(case):
 
 
 def test_either_exponential_matches_transformers(case, exponential):
-    """The model with each exponential e5np.bert may take (the other one is what a CPU of the other kind gets)."""
+    """The model with each exponential e5np.numerics may take (the other one is what a CPU of the other kind gets)."""
     _, model, ref = case
     vectors = model.encode(ref["texts"], truncation="ignore")
     assert np.abs(vectors - ref["embeddings"]).max() <= 1e-6

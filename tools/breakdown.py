@@ -2,19 +2,19 @@
 
     python tools/breakdown.py [--model DIR] [--corpus mixed|short|long] [--texts 1000] [--threads 1]
 
-The corpus is tools/bench.py's. Each function of e5np/bert.py below is timed while it runs, its own
+The corpus is tools/bench.py's. Each function of e5np/engine.py below is timed while it runs, its own
 time only (not the timed functions it calls), so the parts add up to the whole:
 
-  linear layers         bert.linear: the matrix products BLAS does, plus the bias (GFLOP/s: from the shapes)
-  GELU                  bert.gelu
-  LayerNorm             bert.layer_norm
-  attention: softmax    bert.softmax_in_exp_units
-  attention: products   bert.self_attention's own work: the q·k and weights·v products, slicing heads
-  feed-forward          bert.feed_forward's own work: the bias before GELU, copying each block back
-  residual adds         bert.encoder_layer's own work: x + attention, x + feed-forward, copying blocks back
-  embeddings            bert.embed's own work: table lookups and sums
-  packing               bert.encode's own work: the real tokens end to end, then padded back to [B, T, H]
-  other                 everything outside bert.encode: tokenizing, batching, pooling, normalizing (and
+  linear layers         engine.linear: the matrix products BLAS does, plus the bias (GFLOP/s: from the shapes)
+  GELU                  numerics.gelu
+  LayerNorm             engine.layer_norm
+  attention: softmax    numerics.softmax_in_exp_units
+  attention: products   engine.self_attention's own work: the q·k and weights·v products, slicing heads
+  feed-forward          engine.feed_forward's own work: the bias before GELU, copying each block back
+  residual adds         engine.encoder_layer's own work: x + attention, x + feed-forward, copying blocks back
+  embeddings            engine.embed's own work: table lookups and sums
+  packing               engine.encode's own work: the real tokens end to end, then padded back to [B, T, H]
+  other                 everything outside engine.encode: tokenizing, batching, pooling, normalizing (and
                         with several workers, waiting)
 
 One worker on one BLAS thread by default: the shares are then of one core's time, the figures
@@ -49,10 +49,11 @@ sys.path.insert(0, str(ROOT))
 
 import bench  # noqa: E402  the corpus
 import e5np  # noqa: E402
-from e5np import bert  # noqa: E402
+from e5np import engine  # noqa: E402
 from e5np.runtime import one_blas_thread  # noqa: E402
 
-# bert's functions, outermost last, and the part of the forward pass each one's own time counts for
+# engine's functions (its own, and the numerics it calls by name), outermost last, and the part of the forward
+# pass each one's own time counts for
 PARTS = {
     "linear": "linear layers: x @ w + b",
     "gelu": "GELU",
@@ -104,17 +105,17 @@ class Stopwatch:
 
 @contextlib.contextmanager
 def timing():
-    """bert's functions timed while inside; the originals back afterwards, whatever happens."""
+    """engine's functions timed while inside; the originals back afterwards, whatever happens."""
     stopwatch = Stopwatch()
-    originals = {name: getattr(bert, name) for name in PARTS}
+    originals = {name: getattr(engine, name) for name in PARTS}
     try:
         for name, fn in originals.items():
             fn = stopwatch.count_linear_flops(fn) if name == "linear" else fn
-            setattr(bert, name, stopwatch.wrap(name, fn))              # bert calls its functions as globals
+            setattr(engine, name, stopwatch.wrap(name, fn))            # engine calls them as its globals
         yield stopwatch
     finally:
         for name, fn in originals.items():
-            setattr(bert, name, fn)
+            setattr(engine, name, fn)
 
 
 def measure(model, texts, threads=1):

@@ -1,4 +1,4 @@
-"""Fit the polynomial behind e5np.bert.gelu (float32) and report its accuracy.
+"""Fit the polynomial behind e5np.numerics.gelu (float32) and report its accuracy.
 
 GELU(x) = x Φ(x), Φ the standard normal CDF. With Q(z) = 1 - Φ(z) = erfc(z/√2)/2, the upper tail,
 Φ(x) = 1 - Q(|x|) for x >= 0 and Q(|x|) for x < 0, so for every x
@@ -53,13 +53,13 @@ def fit(degree=DEGREE, a_max=A_MAX, nodes=4000, rounds=40):
 
 def report():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from e5np import bert
+    from e5np import numerics
 
     x = np.concatenate([np.linspace(-12, 12, 2_000_001), np.geomspace(1e-30, 1, 20_000),
                         -np.geomspace(1e-30, 1, 20_000)]).astype(np.float32)
     x64 = x.astype(np.float64)
     want = np.array([v * math.erfc(-v / math.sqrt(2)) / 2 for v in x64])
-    error = np.abs(bert.gelu(x).astype(np.float64) - want)
+    error = np.abs(numerics.gelu(x).astype(np.float64) - want)
     print(f"float32 GELU, max error in ulps of x: {(error / np.spacing(np.abs(x))).max():.2f}")
 
 
