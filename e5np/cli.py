@@ -385,7 +385,7 @@ def cmd_parity(args):
 class IntermixedParser(argparse.ArgumentParser):
     """A command's parser that takes its positional arguments among its options, as `e5np search query INDEX -k 3
     "a query"` and `e5np embed "a text" -m MODEL "another"` give them: plain argparse fills a list of positionals from
-    the first run of them only, and refused the rest ("unrecognized arguments")."""
+    the first run of them only, and refuses the rest ("unrecognized arguments")."""
 
     def parse_known_args(self, args=None, namespace=None):
         if self._subparsers is not None or getattr(self, "_intermixing", False):   # (intermixed parsing calls this)
