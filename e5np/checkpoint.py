@@ -110,6 +110,9 @@ def read_json(path):
 
 def load_config(directory):
     path = Path(directory) / CONFIG_FILE
+    if not path.exists() and not (Path(directory) / WEIGHTS_FILE).exists():   # not a checkpoint: say so, not which file
+        raise CheckpointError(f"{directory} holds no checkpoint (no {CONFIG_FILE}, no {WEIGHTS_FILE}): pass the "
+                              f"directory that holds {CONFIG_FILE}, {WEIGHTS_FILE} and tokenizer.json")
     d = read_json(path)
     if not isinstance(d, dict):
         raise CheckpointError(f"{path}: expected a JSON object")

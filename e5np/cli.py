@@ -19,7 +19,12 @@ from .search import (META, PASSAGES, REBUILD, VECTORS, complete_rebuild, embed_p
                      passage_lines, passage_recipe, passages_at, read_meta, recipe_changes, replace_index, top_k,
                      unfinished_rebuild, weights_identity)
 
-DEFAULT_MODEL = os.environ.get("E5NP_MODEL", "intfloat/e5-small")  # the env var sets the default model
+
+class FromEnvironment(str):
+    """A model name that came from E5NP_MODEL, not from --model: its errors say where it came from."""
+
+
+DEFAULT_MODEL = FromEnvironment(os.environ["E5NP_MODEL"]) if os.environ.get("E5NP_MODEL") else "intfloat/e5-small"
 
 
 def load_model(args):
@@ -28,7 +33,9 @@ def load_model(args):
     try:
         return e5np.load(args.model, dtype=getattr(args, "dtype", "float32"), threads=getattr(args, "threads", None))
     except (OSError, ValueError) as e:  # ModelNotFoundError, CheckpointError
-        raise CliError(str(e)) from None
+        origin = (" (the model named by the E5NP_MODEL environment variable; --model overrides it)"
+                  if isinstance(args.model, FromEnvironment) else "")
+        raise CliError(f"{e}{origin}") from None
 
 
 def progress(args, total=None):
@@ -367,20 +374,26 @@ def cmd_parity(args):
 class IntermixedParser(argparse.ArgumentParser):
     """A command's parser that takes its positional arguments among its options, as `e5np search query INDEX -k 3
     "a query"` and `e5np embed "a text" -m MODEL "another"` give them: plain argparse fills a list of positionals from
-    the first run of them only, and refused the rest ("unrecognized arguments")."""
+    the first run of them only, and refuses the rest ("unrecognized arguments")."""
 
     def parse_known_args(self, args=None, namespace=None):
         if self._subparsers is not None or getattr(self, "_intermixing", False):   # (intermixed parsing calls this)
             return super().parse_known_args(args, namespace)
         self._intermixing = True
         try:
-            return self.parse_known_intermixed_args(args, namespace)
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
         finally:
             self._intermixing = False
+        if extras:          # a command's parser has the last word: passed up, `e5np` would print its own usage
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
 
 
 def build_parser():
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="e5np", description="E5 / BERT sentence embeddings in pure NumPy.")
+    parser.add_argument("--version", action="version", version=f"e5np {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=IntermixedParser)
 
     def model_option(p, default=DEFAULT_MODEL, default_text=None):
@@ -489,6 +502,15 @@ def main(argv=None):
         if getattr(args, name, 1) is not None and getattr(args, name, 1) < 1:
             print(f"e5np {args.command}: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if getattr(args, "port", None) is not None and not 0 <= args.port <= 65535:
+        print(f"e5np {args.command}: --port must be 0..65535 (0 picks a free one), got {args.port}", file=sys.stderr)
+        return 2
+    texts = getattr(args, "texts", None) or getattr(args, "queries", None)     # embed's texts, search query's queries
+    if texts and getattr(args, "input", None):                          # one source: the other would be dropped
+        what = "texts" if args.command == "embed" else "queries"
+        print(f"e5np {args.command}: {what} as arguments and --input {args.input}: give one or the other",
+              file=sys.stderr)
+        return 2
     try:
         return args.run(args)
     except CliError as e:

@@ -60,10 +60,12 @@ def resolve(name_or_path, *, revision=None, local_files_only=None, cache_dir=Non
     except LocalEntryNotFoundError:
         where = "is not in the Hugging Face cache" + (" and downloads are off (HF_HUB_OFFLINE / local_files_only)"
                                                       if offline else " and the hub could not be reached")
+        at = f" --revision {revision}" if revision else ""            # `hf`: huggingface-hub 2 has no huggingface-cli
         raise ModelNotFoundError(
-            f"{name}{'@' + revision if revision else ''} {where}. Download it on a machine with network "
-            f"(huggingface-cli download {name}), or pass a local directory that holds config.json, "
-            "model.safetensors and tokenizer.json.") from None
+            f"{name}{'@' + revision if revision else ''} {where}. Download it where there is network "
+            f"(`hf download {name}{at}` fills the cache; `hf download {name}{at} --local-dir DIR` makes a directory), "
+            "or pass a local directory that holds config.json, model.safetensors and tokenizer.json (`--model DIR` or "
+            "the E5NP_MODEL environment variable on the command line, e5np.load(DIR) in Python).") from None
     except HfHubHTTPError as e:
         raise ModelNotFoundError(f"{name}: the hub refused the request ({e})") from None
     if not (directory / WEIGHTS_FILE).is_file():                       # (pytorch_model.bin is never downloaded)

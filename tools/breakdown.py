@@ -18,7 +18,7 @@ time only (not the timed functions it calls), so the parts add up to the whole:
                         with several workers, waiting)
 
 One worker on one BLAS thread by default: the shares are then of one core's time, the figures
-README.md's speed section gives. With --threads N they are shares of N workers' time (N x wall time).
+docs/performance.md gives. With --threads N they are shares of N workers' time (N x wall time).
 
 --onnxruntime adds the same table for ONNX Runtime's fused model (tools/bench.py's ort-fused-sorted engine) on one
 thread, the same texts in the same batches of 32 by token length, timed by its profiler. Its fused ops split the
