@@ -13,6 +13,7 @@ framework("llama_index.core")
 
 from llama_index.core import Document, Settings, VectorStoreIndex  # noqa: E402
 from llama_index.core.base.embeddings.base import BaseEmbedding  # noqa: E402
+from llama_index.core.llms import MockLLM  # noqa: E402
 
 from e5np.integrations.llama_index import E5npEmbedding  # noqa: E402
 
@@ -21,10 +22,10 @@ TEXTS = ["the cat sat on the mat", "a dog", "attention and tokens", "talk about 
 
 @pytest.fixture(autouse=True)
 def no_llm():
-    """Nothing reaches a network: no LLM (Settings.llm = None gives LlamaIndex's MockLLM), e5np embeds."""
-    Settings.llm = None
+    """Nothing reaches a network: LlamaIndex's MockLLM, never its default (OpenAI's); e5np embeds."""
+    Settings.llm = MockLLM()
     yield
-    Settings.llm = None
+    Settings.llm = MockLLM()
 
 
 @pytest.fixture(params=["prompted", "e5-named"])
