@@ -79,11 +79,33 @@ def text_source(arguments, input_path, field=None, what="texts", keep_blank=Fals
 
 
 def cmd_embed(args):
+    if args.ray is not None:
+        return cmd_embed_on_ray(args)
     source = text_source(args.texts, args.input, args.field, keep_blank=True)   # row i of the output is line i
     if args.output not in (None, "-"):
         refuse_to_overwrite_input([args.output], None if args.texts else args.input or "-")
     model = load_model(args)
     embed_stream(choose_encoder(model, args), source, EmbeddingWriter(args.output, model.dim), args)
+    return 0
+
+
+def cmd_embed_on_ray(args):
+    """`e5np embed --ray [ADDRESS] -i DATA -o DIR`: the same embedding as a Ray Data job (e5np.ray.run_job)."""
+    if args.texts or not args.input or not args.output or args.output == "-":
+        raise CliError("--ray reads --input (Parquet files, a directory or a glob of them, .jsonl or .txt) and writes "
+                       "--output, a directory of Parquet files; texts as arguments or on stdin are not for a cluster")
+    from . import ray as on_ray
+
+    try:
+        on_ray.import_ray()
+    except ImportError as e:
+        raise CliError(str(e)) from None
+    model = os.path.abspath(os.path.expanduser(args.model)) if os.path.isdir(os.path.expanduser(args.model)) \
+        else args.model                                                # every node reads the same path
+    kind = "query" if args.query else "passage" if args.passage else None
+    rows = on_ray.run_job(args.input, args.output, model, column=args.field or "text", kind=kind,
+                          address=args.ray or None, batch_size=args.batch_size, threads=args.threads)
+    print(f"e5np: embedded {rows} {'text' if rows == 1 else 'texts'} into {args.output}", file=sys.stderr)
     return 0
 
 
@@ -427,6 +449,10 @@ def build_parser():
     prefix_options(embed)
     encoding_options(embed)
     embed.add_argument("--output", "-o", help="write to FILE.npy or FILE.jsonl instead of stdout")
+    embed.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                       help="run as a Ray Data job on the cluster at ADDRESS (default: RAY_ADDRESS's, else a local one):"
+                            " --input Parquet (a file, directory or glob), .jsonl or .txt; --output a directory of "
+                            "Parquet files with an embedding column. Needs pip install 'e5np[ray]'")
     embed.set_defaults(run=cmd_embed)
 
     search = sub.add_parser("search", help="build a search index, or query one", description=(

@@ -129,3 +129,34 @@ def actor_slots(cpus, actors, cpus_per_actor):
     So the pool leaves one slot free, each actor asking for a share of the rest (it still runs cpus_per_actor
     workers: the slots are Ray's bookkeeping, the threads are what keep the cores busy)."""
     return min(float(cpus_per_actor), max(0.05, (cpus - 1) / actors))
+
+
+def read(ray, path):
+    """A Dataset of the file, directory or glob at path, by its format: Parquet (.parquet, or a directory of
+    Parquet files), JSON lines (.jsonl), or text lines (.txt: one text a line, in a column "text")."""
+    name = str(path).rstrip("/")
+    if name.endswith(".jsonl"):
+        return ray.data.read_json(name)
+    if name.endswith(".txt"):
+        return ray.data.read_text(name)
+    return ray.data.read_parquet(name)
+
+
+def run_job(input_path, output_dir, model, *, column="text", kind=None, address=None, **options):
+    """The job `e5np embed --ray` runs: input_path read as a Dataset (see read), embedded by `embed`, written to
+    output_dir as Parquet files (every input column, plus "embedding"). address: a Ray cluster's ("auto", or
+    "ray://host:10001"); None joins RAY_ADDRESS's, or starts a local one. Returns the rows written."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        ray.init(address=address)
+    dataset = embed(read(ray, input_path), model=model, column=column, kind=kind, **options)
+    dataset.write_parquet(str(output_dir))
+    return parquet_rows(output_dir)
+
+
+def parquet_rows(directory):
+    """The rows the Parquet files in directory hold, from their footers."""
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    return sum(pq.read_metadata(path).num_rows for path in Path(directory).glob("*.parquet"))
