@@ -670,7 +670,8 @@ class Index:
 
         passages: texts (str), records (dicts whose `field`, "text" by default, holds the text; passages.jsonl keeps
         them whole and queries return them), (text, record) pairs, or an e5np.formats.Input (a text or JSON-lines
-        file). model: a loaded e5np.Model, or a hub id or directory to load (default: with append or resume the
+        file, with its own field). Continuing a JSON-lines index, records are read with its field unless another
+        is given. model: a loaded e5np.Model, or a hub id or directory to load (default: with append or resume the
         index's model, else intfloat/e5-small). Streams: CHUNK passages at a time.
 
         A directory holding a complete index is rebuilt in its .rebuild folder, moved in over it once complete:

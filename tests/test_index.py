@@ -219,3 +219,22 @@ def test_the_cli_gives_what_the_api_gives(tiny, tmp_path):
     with e5np.Index.open(tmp_path / "cli") as index:
         expected = [{"query": q, "results": hits} for q, hits in zip(QUERIES, index.query(QUERIES, top_k=3))]
     assert json.loads(queried.stdout) == json.loads(json.dumps(expected))
+
+
+def test_a_query_with_another_recipe_warns(tiny, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(TINY_DIR, model)
+    with e5np.Index.build(tmp_path / "index", CORPUS, str(model)) as index:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                             # the same model: nothing to say
+            index.query("bamboo")
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 64}))
+    with e5np.Index.open(tmp_path / "index") as index:
+        with pytest.warns(e5np.ModelMismatchWarning, match=r"now embeds texts otherwise .* \(max_length 128 then, "
+                                                           r"64 now\)"):
+            index.query("bamboo")
+        with pytest.raises(e5np.IndexStateError, match="makes 48-dim vectors but the index holds 32-dim ones"):
+            index.query("bamboo", model=str(TINY_DIR.parent / "bert-wide"))
