@@ -1,23 +1,21 @@
 """The e5np command line: `e5np embed ...` (also `python -m e5np embed ...`). The files it reads and writes are
-e5np/files.py's."""
+e5np/formats.py's; its search commands are e5np.Index's, with messages on stderr and exit statuses."""
 
 import argparse
 import contextlib
 import functools
-import itertools
 import json
 import os
-import shlex
 import sys
 import warnings
 from pathlib import Path
 
-from .files import (CHUNK, CliError, EmbeddingWriter, IndexWriter, checked_arguments, chunks, iter_records, json_field,
-                    json_line, json_text, refuse_to_overwrite_input, text_records)
-from .runtime import LockedError, lock_directory
-from .search import (META, PASSAGES, REBUILD, VECTORS, complete_rebuild, embed_passages, finish_moving_in, load_index,
-                     passage_lines, passage_recipe, passages_at, read_meta, recipe_changes, replace_index, top_k,
-                     unfinished_rebuild, weights_identity)
+from .checkpoint import CheckpointError
+from .formats import (READERS, WRITERS, FormatError, Input, WriteError, checked_arguments, is_stdout, json_text,
+                      refuse_to_overwrite_input, text_records, write_stream, writer_class)
+from .hub import ModelNotFoundError
+from .index import (Index, IndexFormatError, IndexStateError, IndexWarning, LockedError, ModelMismatchWarning,
+                    passages_word)
 
 
 class FromEnvironment(str):
@@ -25,6 +23,28 @@ class FromEnvironment(str):
 
 
 DEFAULT_MODEL = FromEnvironment(os.environ["E5NP_MODEL"]) if os.environ.get("E5NP_MODEL") else "intfloat/e5-small"
+# What a command reports in one line, exit status 2: a file, an index or a model that is not as asked.
+EXPECTED_ERRORS = (FormatError, WriteError, IndexFormatError, IndexStateError, LockedError, ModelNotFoundError,
+                   CheckpointError)
+
+
+class CliError(Exception):
+    """A problem to report in one line and exit with status 2 (130 for Ctrl-C, as shells count it)."""
+
+    def __init__(self, message, status=2):
+        super().__init__(message)
+        self.status = status
+
+
+def one_line_errors(command):
+    """The command, with the errors of EXPECTED_ERRORS as CliErrors."""
+    @functools.wraps(command)
+    def run(args):
+        try:
+            return command(args)
+        except EXPECTED_ERRORS as e:
+            raise CliError(str(e)) from None
+    return run
 
 
 def load_model(args):
@@ -45,19 +65,17 @@ def progress(args, total=None):
     return tqdm(total=total, unit="text", disable=args.quiet or not sys.stderr.isatty(), file=sys.stderr)
 
 
-def encode_with_warnings(encode, texts, batch_size, offset=0):
-    """encode(texts) with TruncationWarnings printed to stderr, indices counted from `offset`."""
-    import e5np
-
-    with warnings.catch_warnings(record=True) as caught:
+@contextlib.contextmanager
+def warnings_printed(line):
+    """Warnings printed to stderr as they come, as line(warning message, category) gives them (None: not
+    printed), instead of Python's file:line form."""
+    def show(message, category, *_, **__):
+        if (text := line(message, category)) is not None:
+            print(text, file=sys.stderr)
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
-        vectors = encode(texts, batch_size=batch_size)
-    for warning in caught:
-        if issubclass(warning.category, e5np.TruncationWarning) and offset:
-            print(f"e5np: texts {offset}..{offset + len(texts) - 1}: {warning.message}", file=sys.stderr)
-        else:
-            print(f"e5np: {warning.message}", file=sys.stderr)
-    return vectors
+        warnings.showwarning = show
+        yield
 
 
 def choose_encoder(model, args):
@@ -68,24 +86,26 @@ def choose_encoder(model, args):
     return model.encode
 
 
-def text_source(arguments, input_path, field=None, what="texts", keep_blank=False):
-    """The texts of a command: its arguments, else --input, else stdin unless that is a terminal (see iter_records
-    for keep_blank)."""
+def text_source(arguments, input_path, field=None, format=None, what="texts", keep_blank=False):
+    """The (text, record) pairs of a command's texts: its arguments, else --input, else stdin unless that is a
+    terminal, read as format (see formats.Input, also for keep_blank)."""
     if arguments:
         return iter(text_records(arguments))
     if input_path or not sys.stdin.isatty():
-        return iter_records(input_path or "-", field, keep_blank)
+        return iter(Input(input_path or "-", format, field, keep_blank).open())
     raise CliError(f"no {what}: give them as arguments, with --input FILE, or on stdin (one per line)")
 
 
+@one_line_errors
 def cmd_embed(args):
     if args.ray is not None:
         return cmd_embed_on_ray(args)
-    source = text_source(args.texts, args.input, args.field, keep_blank=True)   # row i of the output is line i
-    if args.output not in (None, "-"):
+    source = text_source(args.texts, args.input, args.field, args.input_format, keep_blank=True)  # row i is line i
+    writer = writer_class(args.output, args.output_format)
+    if not is_stdout(args.output):
         refuse_to_overwrite_input([args.output], None if args.texts else args.input or "-")
     model = load_model(args)
-    embed_stream(choose_encoder(model, args), source, EmbeddingWriter(args.output, model.dim), args)
+    embed_stream(choose_encoder(model, args), source, writer(args.output, model.dim), args)
     return 0
 
 
@@ -110,233 +130,66 @@ def cmd_embed_on_ray(args):
 
 
 def embed_stream(encode, texts, writer, args):
-    """Embed (text, record) pairs CHUNK at a time into writer: bounded memory for any input size."""
+    """Embed (text, record) pairs into writer (see formats.write_stream), warnings and errors in one line each."""
     try:
-        with progress(args) as bar:
-            for chunk in chunks(texts):
-                vectors = encode_with_warnings(encode, [text for text, _ in chunk], args.batch_size, writer.rows)
-                writer.write(chunk, vectors)
-                bar.update(len(chunk))
-    except (CliError, KeyboardInterrupt) as e:                        # a bad line, a full disk or Ctrl-C
-        error = e if isinstance(e, CliError) else CliError("interrupted", status=130)
-        with contextlib.suppress(CliError):                            # the first error is the one to report
-            writer.close(complete=False)
-        if kept := writer.kept():
-            error = CliError(f"{error}; {kept}", error.status)
-        raise error from None
-    except BaseException:
-        writer.close(complete=False)
-        raise
-    writer.close(complete=True)
+        with progress(args) as bar, warnings_printed(lambda message, _: f"e5np: {message}"):
+            write_stream(functools.partial(encode, batch_size=args.batch_size), texts, writer, bar.update)
+    except (FormatError, WriteError, KeyboardInterrupt) as e:          # a bad line, a full disk or Ctrl-C
+        raise stopped(e, writer.kept()) from None
 
 
+def stopped(error, kept):
+    """The CliError for an error or Ctrl-C that stopped a command after it wrote something: what was kept."""
+    message, status = ("interrupted", 130) if isinstance(error, KeyboardInterrupt) else (str(error), 2)
+    return CliError(f"{message}; {kept}" if kept else message, status)
+
+
+@one_line_errors
 def cmd_search_build(args):
-    out = Path(args.index)
-    if out.is_dir():                                                   # first: a build running there is unfinished
-        lock_index(out)
+    continuing = args.resume or args.append
+    corpus = Input(args.corpus, args.input_format, args.field)
+    with progress(args) as bar, warnings_printed(lambda message, _: f"e5np: {message}"):
         try:
-            moved = finish_moving_in(out)                              # whatever the build: its index is one build's
-        except ValueError as e:                                        # the rebuild's index.json damaged
-            raise CliError(str(e)) from None
-        except OSError as e:
-            raise CliError(f"cannot move the new index from {out / REBUILD} into {out}: {e.strerror}") from None
-        if moved is not None:
-            print(f"e5np: finished replacing {out} with its rebuild ({moved} passages)", file=sys.stderr)
-            if args.resume:                                            # the move was all there was left to do
-                return 0
-    resume_command = f"`e5np search build --resume {shlex.quote(args.corpus)} {shlex.quote(args.index)}`"
-    if args.model and os.path.isdir(os.path.expanduser(args.model)):   # stored for `search query` run from anywhere
-        args.model = os.path.abspath(os.path.expanduser(args.model))
-    continuing = args.resume or args.append                            # after the passages INDEX holds
-    where, meta, replacing = build_target(args, out, resume_command)
-    refuse_to_overwrite_input([where / name for name in (VECTORS, PASSAGES, META)], args.corpus)  # (rebuild: allowed)
-    args.model = args.model or DEFAULT_MODEL
-    texts = iter_records(args.corpus, args.field)                      # a corpus that cannot be read stops it here
-    if not args.resume:                    # so does a bad line in its first chunk: INDEX is changed only after it
-        first_chunk = list(itertools.islice(texts, CHUNK))
-        texts = itertools.chain(first_chunk, texts)
-    model = load_model(args)
-    made_by = {"weights": weights_identity(model.directory, meta.get("weights") if continuing else None),
-               "recipe": passage_recipe(model)}                        # what decides the vectors: index.json keeps it
-    if continuing:
-        check_same_model(args, where, meta, model.dim, made_by)
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CliError(f"cannot make {where}: {e.strerror}") from None
-    lock_index(out)
-    field = json_field(args.corpus, args.field)
-    if continuing and "field" not in meta:                             # begun by an e5np that stored texts, not records
-        field, texts = None, ((text, {"text": text}) for text, _ in texts)
-    build_start = meta.get("build_start", 0) if args.resume else None  # where this corpus's passages begin
-    writer = IndexWriter(where, args.model, model.dim, resume_command, made_by, field, build_start, append=continuing,
-                         replacing=out if replacing else None)
-    if args.resume:
-        try:
-            skip_indexed(texts, passage_lines(where, writer.rows, writer.build_start), args.corpus, where,
-                         writer.build_start)
-        except (CliError, KeyboardInterrupt):
-            with contextlib.suppress(CliError):
-                writer.close(complete=False)
-            raise
-    embed_stream(functools.partial(embed_passages, model), texts, writer, args)
-    if replacing:
-        try:
-            replace_index(where, out)
-        except OSError as e:
-            raise CliError(f"cannot move the new index from {where} into {out}: {e.strerror}") from None
-    added = f"added {writer.rows - writer.build_start} passages to {out} ({writer.rows} in all)"
-    indexed = f"indexed {writer.rows} passages in {out}" + (", replacing the index it held" if replacing else "")
-    print(f"e5np: {added if writer.build_start else indexed}", file=sys.stderr)
+            index = Index.build(args.index, corpus, args.model or (None if continuing else DEFAULT_MODEL),
+                                append=args.append, resume=args.resume, batch_size=args.batch_size,
+                                threads=args.threads, progress=bar.update)
+        except (*EXPECTED_ERRORS, KeyboardInterrupt) as e:
+            raise stopped(e, getattr(e, "index_state", None)) from None
+    with index:
+        built, out = index.built, Path(args.index)
+    if args.resume and built.moved_in is not None:                     # the move was all there was left to do
+        return 0
+    if built.start:
+        print(f"e5np: added {passages_word(built.added)} to {out} ({built.rows} in all)", file=sys.stderr)
+    else:
+        print(f"e5np: indexed {passages_word(built.rows)} in {out}"
+              + (", replacing the index it held" if built.replaced else ""), file=sys.stderr)
     return 0
 
 
-def build_target(args, out, resume_command):
-    """(where, meta, replacing): the directory this build writes, the index.json it continues (None unless
-    --resume or --append), and whether it rebuilds a complete index, in INDEX/.rebuild. CliError if the build
-    would throw away unfinished work, or cannot continue what INDEX holds."""
-    try:
-        meta = read_meta(out) if (out / META).is_file() else None
-        rebuild = unfinished_rebuild(out)
-    except ValueError as e:
-        raise CliError(str(e)) from None
-    staged = out / REBUILD
-    if rebuild is not None and args.resume:
-        check_continuable(args, staged, rebuild)
-        return staged, rebuild, True
-    if rebuild is not None:
-        raise CliError(f"{out} has an unfinished rebuild in {staged}: " + (
-            f"finish it first (`e5np search build --resume CORPUS {out}` with the corpus it was begun with), or "
-            f"delete {staged}" if args.append else f"{resume_command} continues it; delete {staged} to start over"))
-    if args.resume or args.append:
-        check_continuable(args, out, meta)
-        return out, meta, False
-    if meta is not None and not meta.get("complete", True):
-        raise CliError(f"{out} holds an unfinished build: {resume_command} continues it; delete {out} to start over")
-    if meta is not None:                                               # the old index stays whole until the new one is
-        return staged, None, True
-    return out, None, False
-
-
-def check_continuable(args, out, meta):
-    """CliError unless INDEX can be resumed (--resume: its build is unfinished) or appended to (--append: it is
-    complete); sets the model and the text's field to the index's where they are not given."""
-    complete = meta is not None and meta.get("complete", True)
-    if args.resume and not (meta and not complete):
-        raise CliError(f"{out}: no unfinished build to resume" + (" (its build is complete)" if meta else ""))
-    if args.append and not complete:
-        raise CliError(f"{out}: no index to append to; `e5np search build CORPUS {out}` makes one" if meta is None else
-                       f"{out} holds an unfinished build: finish it first (`e5np search build --resume CORPUS {out}` "
-                       "with the corpus it was begun with)")
-    built, verb = ("is being built", "resume it") if args.resume else ("is built", "append to it")
-    if args.model not in (None, meta["model"]):
-        raise CliError(f"{out} {built} with --model {meta['model']}: {verb} with that model")
-    args.model = meta["model"]
-    args.field = args.field or meta.get("field")
-    if "field" in meta and json_field(args.corpus, args.field) != meta["field"]:  # (older indexes: texts only)
-        built_from = f"JSON lines, field {meta['field']!r}" if meta.get("field") else "lines of plain text"
-        raise CliError(f"{out} {built} from {built_from}: {verb} with a corpus of those"
-                       + (f" (--field {meta['field']})" if meta.get("field") else ""))
-
-
-def check_same_model(args, out, meta, dim, made_by):
-    """CliError unless the model makes vectors of the index's size, with the weights and the recipe (see
-    search.passage_recipe) that made its vectors."""
-    weights = made_by["weights"]
-    if dim != meta["dim"]:
-        raise CliError(f"{args.model} makes {dim}-dim vectors but {out} holds {meta['dim']}-dim ones")
-    if meta.get("weights") and weights["sha256"] != meta["weights"]["sha256"]:
-        raise CliError(f"the weights of {args.model} changed since {out} was begun (sha256 "
-                       f"{meta['weights']['sha256'][:12]}... then, {weights['sha256'][:12]}... now): one index cannot "
-                       f"mix two models' vectors; delete {out} and build it again")
-    if changes := recipe_changes(meta.get("recipe", {}), made_by["recipe"]):   # (none recorded in older indexes)
-        raise CliError(f"{args.model} now embeds passages otherwise than it did for {out} ({changes}): one index "
-                       f"cannot mix two kinds of vectors; delete {out} and build it again")
-
-
-def lock_index(directory):
-    """The lock that keeps two builds out of one index (see runtime.lock_directory), for the rest of this process."""
-    try:
-        lock_directory(directory)
-    except LockedError:
-        raise CliError(f"{directory} is being built by another `e5np search build`: wait for it, or build "
-                       "into another directory") from None
-    except OSError as e:
-        raise CliError(f"cannot write {directory / '.lock'}: {e.strerror}") from None
-
-
-def skip_indexed(texts, passages, corpus, index, start=0):
-    """Reads past the corpus's texts that the index already holds, checking each is the passage stored for it
-    (passages: passages.jsonl's lines from `start`, the row where the corpus begins; the record is compared, not
-    only its text)."""
-    try:
-        for number, passage in enumerate(passages, 1):
-            _, record = next(texts, (None, None))
-            if record is None:
-                problem = f"{corpus} ends after {number - 1} texts, but {index} holds more passages"
-            elif json_line(record) != passage:
-                problem = f"{corpus}: text {number} is not passage {start + number} of {index}"
-            else:
-                continue
-            raise CliError(f"{problem}: resume with the corpus {index} was built from")
-    except ValueError as e:                                            # passages.jsonl damaged
-        raise CliError(str(e)) from None
-
-
+@one_line_errors
 def cmd_search_query(args):
-    try:
-        vectors, meta, passages_file = load_index(args.index)
-    except ValueError as e:
-        raise CliError(str(e)) from None
-    with passages_file:
-        return search_query(args, vectors, meta, passages_file)
+    with Index.open(args.index) as index:
+        for notice in index.notices:
+            print(f"e5np search: {notice}", file=sys.stderr)
+        return search_query(args, index)
 
 
-def search_query(args, vectors, meta, passages_file):
-    complete = meta.get("complete", True)                              # indexes from before the flag are complete
-    if not complete:
-        print(f"e5np search: {args.index} is unfinished: it holds the first {len(vectors)} passages of its corpus "
-              f"(`e5np search build --resume CORPUS {shlex.quote(args.index)}` continues it)", file=sys.stderr)
-    if len(vectors) == 0:
-        print(f"e5np search: {args.index} holds no passages: no results", file=sys.stderr)
-    with contextlib.suppress(ValueError):                              # a damaged rebuild is no reason not to answer
-        if unfinished_rebuild(args.index):
-            print(f"e5np search: {Path(args.index) / REBUILD} holds an unfinished rebuild of {args.index}: these "
-                  "results are from the index as it was", file=sys.stderr)
-        elif complete_rebuild(args.index):                             # (load_index refused one moved in half way)
-            print(f"e5np search: {Path(args.index) / REBUILD} holds a complete rebuild of {args.index}, not moved in: "
-                  f"these results are from the index as it was; `e5np search build --resume CORPUS "
-                  f"{shlex.quote(args.index)}` moves it in", file=sys.stderr)
-    queries = [text for text, _ in text_source(args.queries, args.input, args.field, what="queries")]
+def search_query(args, index):
+    queries = [text for text, _ in text_source(args.queries, args.input, args.field, args.input_format,
+                                               what="queries")]
     if not queries:
         raise CliError(f"no queries: {args.input or 'stdin'} has none")
-    args.model = args.model or meta["model"]
+    args.model = args.model or index.model_name
     model = load_model(args)
-    if model.dim != vectors.shape[1]:
-        raise CliError(f"{args.model} makes {model.dim}-dim vectors but the index holds {vectors.shape[1]}-dim ones")
-    built_with = meta.get("weights")                                   # none in indexes from before it was recorded
-    if built_with and weights_identity(model.directory, built_with)["sha256"] != built_with["sha256"]:
-        print(f"e5np search: warning: {args.model} is not the model {args.index} was built with (its weights' "
-              f"sha256 differs): the scores compare two models' vectors", file=sys.stderr)
-    recorded = dict(meta.get("recipe", {}))
-    unit_rows = recorded.pop("normalize", True)                        # false: a model's raw vectors, see top_k
-    if changes := recipe_changes(recorded, passage_recipe(model)):
-        print(f"e5np search: warning: {args.model} now embeds texts otherwise than it did for {args.index} "
-              f"({changes}): the scores compare two kinds of vectors", file=sys.stderr)
-    query_vectors = model.encode_queries(queries, normalize=True)      # scores are cosines, whatever the model does
-    indices, scores = top_k(vectors, query_vectors, args.top_k, unit_rows=unit_rows is not False)
-    field = meta.get("field")                                          # JSON lines: the record goes with its text
-    try:
-        passages = passages_at(passages_file, indices.ravel().tolist(), len(vectors), complete, field or "text")
-    except ValueError as e:
-        raise CliError(str(e)) from None
 
-    def hit(rank, i, score):
-        record = passages[i]
-        found = {"rank": rank, "index": i, "score": score, "text": record[field or "text"]}
-        return {**found, "record": record} if field else found
-    results = [{"query": q, "results": [hit(r + 1, int(i), float(s)) for r, (i, s) in enumerate(zip(row_i, row_s))]}
-               for q, row_i, row_s in zip(queries, indices, scores)]
+    def warning(message, category):                                   # the index's notices are printed already
+        if issubclass(category, ModelMismatchWarning):
+            return f"e5np search: warning: {message}"
+        return None if issubclass(category, IndexWarning) else f"e5np search: {message}"
+    with warnings_printed(warning):
+        hits = index.query(queries, args.top_k, model=model)
+    results = [{"query": q, "results": found} for q, found in zip(queries, hits)]
     if args.json:
         print(json_text(results if len(results) > 1 else results[0], indent=2))
     else:
@@ -347,6 +200,7 @@ def search_query(args, vectors, meta, passages_file):
     return 0
 
 
+@one_line_errors
 def cmd_similarity(args):
     texts = checked_arguments([args.text_a, args.text_b])
     model = load_model(args)
@@ -376,10 +230,11 @@ def cmd_serve(args):
     return 0
 
 
+@one_line_errors
 def cmd_parity(args):
     from . import parity
 
-    texts = [text for text, _ in iter_records(args.texts)] if args.texts else parity.DEFAULT_TEXTS
+    texts = [text for text, _ in Input(args.texts).open()] if args.texts else parity.DEFAULT_TEXTS
     if not texts:
         raise CliError(f"{args.texts}: no texts in it")
     try:
@@ -422,10 +277,16 @@ def build_parser():
         default_text = default_text or default or "the one the index was built with"
         p.add_argument("--model", "-m", default=default, help=f"hub id or local directory (default {default_text})")
 
+    def input_format_option(p):
+        p.add_argument("--input-format", choices=list(READERS), help="read the input as this format, whatever its "
+                       "suffix (default: from it: .txt or none = text, .jsonl or .json = JSON lines; - = stdin, text; "
+                       "--field = JSON lines)")
+
     def encoding_options(p, with_input=True):
         if with_input:
             p.add_argument("--input", "-i", help="file with one text per line, or .jsonl ('-' = stdin)")
         p.add_argument("--field", help="JSON lines: the field holding the text (default 'text')")
+        input_format_option(p)
         p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
         p.add_argument("--threads", type=int,
                        help="batches embedded at once (default: one per CPU this process may use)")
@@ -449,6 +310,8 @@ def build_parser():
     prefix_options(embed)
     encoding_options(embed)
     embed.add_argument("--output", "-o", help="write to FILE.npy or FILE.jsonl instead of stdout")
+    embed.add_argument("--output-format", choices=list(WRITERS), help="write the output as this format, whatever "
+                       "its suffix (default: from it; arrays, one JSON array a line, on stdout)")
     embed.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                        help="run as a Ray Data job on the cluster at ADDRESS (default: RAY_ADDRESS's, else a local one):"
                             " --input Parquet (a file, directory or glob), .jsonl or .txt; --output a directory of "
@@ -480,6 +343,7 @@ def build_parser():
     model_option(query, default=None)
     query.add_argument("--input", "-i", help="file with one query per line, or .jsonl ('-' = stdin)")
     query.add_argument("--field", help="JSON lines: the field holding the query (default 'text')")
+    input_format_option(query)
     query.add_argument("--top-k", "-k", type=int, default=5, help="passages per query (default 5)")
     query.add_argument("--json", action="store_true", help="print results as JSON")
     query.set_defaults(run=cmd_search_query)

@@ -10,8 +10,9 @@ and nothing else: models hold no threads of their own.
   model, queues its batches there, so that concurrent calls share the cores instead of each starting threads.
 - Forks. A child forked while workers ran (gunicorn --preload, multiprocessing) has none of the parent's
   threads: it starts with no pools and the BLAS count the parent found.
-- Directory locks. `lock_directory(path)` holds an exclusive lock on path/.lock until the process ends: two
-  builds of one search index would interleave their chunks.
+- Directory locks. `lock_directory(path)` holds an exclusive lock on path/.lock until the process ends, or
+  `unlock_directory(path)` (a build from Python, done): two builds of one search index would interleave their
+  chunks.
 - CPUs. `available_cpus()` counts the CPUs this process may keep busy (affinity, cgroup quota,
   OMP_NUM_THREADS): encode()'s default number of workers.
 
@@ -151,6 +152,13 @@ def lock_directory(directory):
         lock.close()
         raise LockedError(f"{directory} is locked by another process") from None
     _held_locks[directory] = lock
+
+
+def unlock_directory(directory):
+    """Releases the lock lock_directory took on directory (nothing if this process holds none)."""
+    lock = _held_locks.pop(Path(directory).absolute(), None)
+    if lock is not None:
+        lock.close()                                                   # closing the file releases its flock
 
 
 # --- forks -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import e5np
-from e5np import files
+from e5np import formats
 from tests.checkpoints import FIXTURES, TINY_DIR
 from tests.row_independence import assert_same_vectors
 
@@ -63,15 +63,15 @@ def assert_same_files(index, expected):
 
 @pytest.mark.parametrize("rows", [0, 5, 2048, 10**20])
 def test_npy_header_has_one_length_for_any_row_count(rows):
-    header = io.BytesIO(files.npy_header(rows, 384))
-    assert len(header.getvalue()) == files.NPY_HEADER_BYTES    # so it can be rewritten in place
+    header = io.BytesIO(formats.npy_header(rows, 384))
+    assert len(header.getvalue()) == formats.NPY_HEADER_BYTES    # so it can be rewritten in place
     assert np.lib.format.read_magic(header) == (1, 0)
     assert np.lib.format.read_array_header_1_0(header) == ((rows, 384), False, np.dtype("<f4"))
 
 
 def test_npy_output_is_a_valid_npy_after_every_chunk(tmp_path):
     out = tmp_path / "v.npy"
-    writer = files.EmbeddingWriter(str(out), 4)
+    writer = formats.NpyWriter(str(out), 4)
     assert np.load(out).shape == (0, 4)
     first, second = np.arange(12, dtype=np.float32).reshape(3, 4), np.ones((2, 4), np.float32)
     writer.write(["a", "b", "c"], first)
@@ -91,7 +91,7 @@ def test_a_full_disk_mid_stream_says_what_was_kept(tiny, corpus, tmp_path, suffi
     kept = re.fullmatch(expected, result.stderr)
     assert kept, result.stderr
     rows = int(kept[1])
-    assert rows == 2 * files.CHUNK
+    assert rows == 2 * formats.CHUNK
     vectors = np.load(out) if suffix == ".npy" else np.array([json.loads(line)["embedding"] for line in open(out)])
     assert len(vectors) == rows
     np.testing.assert_allclose(vectors[[0, -1]], tiny.encode([TEXTS[0], TEXTS[rows - 1]]), atol=1e-6)
@@ -128,13 +128,13 @@ def test_failed_build_leaves_an_unfinished_index_that_resume_completes(tiny, cor
 
 KILLED_MID_CHUNK = """
 import os, sys
-from e5np import cli, files
-write_vectors = files.EmbeddingWriter.write
+from e5np import cli, formats
+write_vectors = formats.NpyWriter.write
 def killed_on_second_chunk(self, texts, vectors):
     if self.rows:
         os._exit(9)        # the second chunk's passages are on disk, its vectors never come: a kill, no cleanup
     write_vectors(self, texts, vectors)
-files.EmbeddingWriter.write = killed_on_second_chunk
+formats.NpyWriter.write = killed_on_second_chunk
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -145,10 +145,10 @@ def test_killed_build_resumes(corpus, straight_build, tmp_path):
                              "-m", str(TINY_DIR), "-q"], capture_output=True, text=True, timeout=300)
     assert killed.returncode == 9, killed.stderr
     passages = (index / "passages.jsonl").read_text().splitlines()
-    assert len(passages) == 2 * files.CHUNK and len(np.load(index / "vectors.npy")) == files.CHUNK
+    assert len(passages) == 2 * formats.CHUNK and len(np.load(index / "vectors.npy")) == formats.CHUNK
     query = e5np_cli("search", "query", index, "topic 3", "--json", "-k", "10000")
     assert query.returncode == 0, query.stderr
-    assert len(json.loads(query.stdout)["results"]) == files.CHUNK       # the passages with vectors
+    assert len(json.loads(query.stdout)["results"]) == formats.CHUNK       # the passages with vectors
 
     resumed = e5np_cli("search", "build", "--resume", corpus, index, "-m", TINY_DIR, "-q")
     assert resumed.returncode == 0, resumed.stderr
@@ -166,7 +166,7 @@ def test_a_rebuild_leaves_the_old_index_whole_until_the_new_one_is_complete(corp
                              "-m", str(TINY_DIR), "-q"], capture_output=True, text=True, timeout=300)
     assert killed.returncode == 9, killed.stderr
     assert_same_files(index, old)
-    assert len(np.load(index / ".rebuild" / "vectors.npy")) == files.CHUNK
+    assert len(np.load(index / ".rebuild" / "vectors.npy")) == formats.CHUNK
     cut_short = e5np_cli("search", "build", "--resume", corpus, index, "-q", file_limit=FILE_LIMIT[".npy"])
     assert cut_short.returncode == 2
     assert cut_short.stderr.endswith(f"File too large; {index} is as it was; {index / '.rebuild'} holds its unfinished "
@@ -210,13 +210,13 @@ def index_and_its_rebuild(tmp_path):
 def test_a_query_answers_from_one_index_while_a_rebuild_moves_in(tmp_path, monkeypatch, capsys):
     """A rebuild may replace the index's files while a query loads its model: the query's passages are still those
     of the vectors it searched (it opens passages.jsonl with them), not the rebuild's."""
-    from e5np import cli, search
+    from e5np import cli, index as index_module
 
     index, new = index_and_its_rebuild(tmp_path)
     load_model = cli.load_model
 
     def rebuild_moves_in_first(args):
-        search.replace_index(index / ".rebuild", index)
+        index_module.replace_index(index / ".rebuild", index)
         return load_model(args)
     monkeypatch.setattr(cli, "load_model", rebuild_moves_in_first)
     assert cli.main(["search", "query", str(index), "topic 3", "--json", "-k", "1000"]) == 0
@@ -226,20 +226,20 @@ def test_a_query_answers_from_one_index_while_a_rebuild_moves_in(tmp_path, monke
 
 def test_replacing_an_index_is_not_cut_short_by_ctrl_c(tmp_path, monkeypatch):
     """Ctrl-C between the renames would leave the new vectors beside the old passages: it waits for the three."""
-    from e5np import search
+    from e5np import index as index_module
 
     staged, index = tmp_path / "index" / ".rebuild", tmp_path / "index"
     staged.mkdir(parents=True)
     for name in ("vectors.npy", "passages.jsonl", "index.json"):
         (index / name).write_text("old")
         (staged / name).write_text("new")
-    rename = search.os.replace
+    rename = index_module.os.replace
 
     def interrupted_rename(source, destination):
         rename(source, destination)
         os.kill(os.getpid(), signal.SIGINT)                            # Ctrl-C after each rename
-    monkeypatch.setattr(search.os, "replace", interrupted_rename)
-    search.replace_index(staged, index)
+    monkeypatch.setattr(index_module.os, "replace", interrupted_rename)
+    index_module.replace_index(staged, index)
     assert [(index / name).read_text() for name in ("vectors.npy", "passages.jsonl", "index.json")] == ["new"] * 3
     assert not staged.exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -271,7 +271,7 @@ def test_a_rebuild_killed_while_moving_in_is_refused_then_finished(tmp_path, mov
 def test_a_query_that_looks_while_a_rebuild_moves_in_waits_for_it(tmp_path, monkeypatch, capsys):
     """A query may find the move half done because a build is doing it right now, not because one was killed: it
     looks again after MOVE_SETTLES (here the build finishes meanwhile) and answers from the rebuild."""
-    from e5np import cli, search
+    from e5np import cli, index as index_module
 
     index, new = index_and_its_rebuild(tmp_path)
     os.replace(index / ".rebuild" / "vectors.npy", index / "vectors.npy")
@@ -279,10 +279,10 @@ def test_a_query_that_looks_while_a_rebuild_moves_in_waits_for_it(tmp_path, monk
 
     def the_build_finishes_meanwhile(seconds):
         waited.append(seconds)
-        search.replace_index(index / ".rebuild", index)
-    monkeypatch.setattr(search.time, "sleep", the_build_finishes_meanwhile)
+        index_module.replace_index(index / ".rebuild", index)
+    monkeypatch.setattr(index_module.time, "sleep", the_build_finishes_meanwhile)
     assert cli.main(["search", "query", str(index), "topic 3", "--json", "-k", "1000"]) == 0
-    assert waited == [search.MOVE_SETTLES]
+    assert waited == [index_module.MOVE_SETTLES]
     assert sorted(hit["text"] for hit in json.loads(capsys.readouterr().out)["results"]) == sorted(TEXTS[1000:2000])
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import e5np
-from e5np.files import CHUNK, NPY_HEADER_BYTES
+from e5np.formats import CHUNK, NPY_HEADER_BYTES
 from tests.checkpoints import FIXTURES, TINY_DIR
 
 CORPUS = ["The Eiffel Tower is in Paris.", "Pandas eat bamboo.", "Python is a programming language.",

@@ -5,7 +5,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from e5np.search import top_k
+from e5np.index import top_k
 
 
 @pytest.mark.parametrize("n, k, chunk", [(1000, 5, 77), (1000, 5, 65536), (10, 20, 3), (257, 1, 256), (64, 64, 8)])
