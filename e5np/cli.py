@@ -53,9 +53,14 @@ def load_model(args):
     try:
         return e5np.load(args.model, dtype=getattr(args, "dtype", "float32"), threads=getattr(args, "threads", None))
     except (OSError, ValueError) as e:  # ModelNotFoundError, CheckpointError
-        origin = (" (the model named by the E5NP_MODEL environment variable; --model overrides it)"
-                  if isinstance(args.model, FromEnvironment) else "")
-        raise CliError(f"{e}{origin}") from None
+        raise CliError(with_origin(e, args.model)) from None
+
+
+def with_origin(error, name):
+    """The error's message, saying that the model's name came from E5NP_MODEL when it did."""
+    origin = (" (the model named by the E5NP_MODEL environment variable; --model overrides it)"
+              if isinstance(name, FromEnvironment) else "")
+    return f"{error}{origin}"
 
 
 def progress(args, total=None):
@@ -149,10 +154,12 @@ def cmd_search_build(args):
     continuing = args.resume or args.append
     corpus = Input(args.corpus, args.input_format, args.field)
     with progress(args) as bar, warnings_printed(lambda message, _: f"e5np: {message}"):
+        name = args.model or (None if continuing else DEFAULT_MODEL)  # None: the one the index is built with
         try:
-            index = Index.build(args.index, corpus, args.model or (None if continuing else DEFAULT_MODEL),
-                                append=args.append, resume=args.resume, batch_size=args.batch_size,
-                                threads=args.threads, progress=bar.update)
+            index = Index.build(args.index, corpus, name, append=args.append, resume=args.resume,
+                                batch_size=args.batch_size, threads=args.threads, progress=bar.update)
+        except (ModelNotFoundError, CheckpointError) as e:
+            raise CliError(with_origin(e, name)) from None
         except (*EXPECTED_ERRORS, KeyboardInterrupt) as e:
             raise stopped(e, getattr(e, "index_state", None)) from None
     with index:
