@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import e5np
+
 from tests.checkpoints import TINY_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +79,7 @@ def test_every_code_block_is_run_or_says_why_not():
 
 
 def test_every_example_has_its_test():
-    tested = {"quickstart-python", "quickstart-cli", "offline", "cli", "server", "api", "forward",
+    tested = {"quickstart-python", "quickstart-cli", "offline", "cli", "server", "api", "forward", "index",
               "langchain", "llama-index", "chroma"}                # the last three: tests/test_integrations_docs.py
     assert set(EXAMPLES) == tested
 
@@ -137,6 +139,15 @@ def test_cli_example_runs(tmp_path):
     assert (tmp_path / "my-index" / "vectors.npy").is_file()
     assert "query: where is the eiffel tower?" in result.stdout
     assert len((tmp_path / "vectors.jsonl").read_text().splitlines()) == 3
+
+
+def test_index_example_runs(tmp_path, monkeypatch, capsys):
+    run_python("index", tmp_path, monkeypatch)
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.endswith("  Pandas eat bamboo.") and second.endswith("  The Eiffel Tower is in Paris.")
+    assert float(first.split()[0]) >= float(second.split()[0])
+    with e5np.Index.open(tmp_path / "my-index") as index:
+        assert len(index) == 2 and index.dim == e5np.load(TINY_DIR).dim
 
 
 def test_api_example_runs(tmp_path, monkeypatch):
