@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -122,16 +123,28 @@ def cmd_embed_on_ray(args):
     from . import ray as on_ray
 
     try:
-        on_ray.import_ray()
+        ray = on_ray.import_ray()
     except ImportError as e:
         raise CliError(str(e)) from None
     model = os.path.abspath(os.path.expanduser(args.model)) if os.path.isdir(os.path.expanduser(args.model)) \
         else args.model                                                # every node reads the same path
     kind = "query" if args.query else "passage" if args.passage else None
-    rows = on_ray.run_job(args.input, args.output, model, column=args.field or "text", kind=kind,
-                          address=args.ray or None, batch_size=args.batch_size, threads=args.threads)
+    try:
+        rows = on_ray.run_job(args.input, args.output, model, column=args.field or "text", kind=kind,
+                              address=args.ray or None, batch_size=args.batch_size, threads=args.threads)
+    except ray.exceptions.RayError as e:                           # a task's error, under Ray's account of it
+        raise CliError(f"the Ray job failed: {root_cause(e)}") from None
     print(f"e5np: embedded {rows} {'text' if rows == 1 else 'texts'} into {args.output}", file=sys.stderr)
     return 0
+
+
+def root_cause(error):
+    """What a Ray job failed on: the task's own error (a null text, a missing column), which Ray reports inside its
+    own, with the task's traceback, as a line "ValueError: ..."; else Ray's first line."""
+    lines = str(error).strip().splitlines()
+    ours = [line.split(": ", 1)[1] for line in lines
+            if re.match(r"\s*(\w+\.)*(ValueError|KeyError|TypeError|FormatError): ", line)]
+    return ours[-1].strip() if ours else lines[0] if lines else type(error).__name__
 
 
 def embed_stream(encode, texts, writer, args):

@@ -13,6 +13,7 @@ extra: pip install "e5np[ray]".
 
 import numpy as np
 
+from .formats import FormatError
 from .options import check_positive_int
 
 BATCH_ROWS = 1024  # rows Ray hands an actor at a time: many of the model's batches, a few MB of Arrow data
@@ -133,13 +134,34 @@ def actor_slots(cpus, actors, cpus_per_actor):
 
 def read(ray, path):
     """A Dataset of the file, directory or glob at path, by its format: Parquet (.parquet, or a directory of
-    Parquet files), JSON lines (.jsonl), or text lines (.txt: one text a line, in a column "text")."""
+    Parquet files), JSON lines (.jsonl), or text lines (.txt: one text a line, in a column "text"). Local Parquet
+    files are checked first, so that a damaged one is named (Ray's reader says only that some footer is wrong)."""
     name = str(path).rstrip("/")
     if name.endswith(".jsonl"):
         return ray.data.read_json(name)
     if name.endswith(".txt"):
         return ray.data.read_text(name)
+    check_parquet_files(name)
     return ray.data.read_parquet(name)
+
+
+def check_parquet_files(name):
+    """FormatError (a ValueError) naming the first local Parquet file (name: a file, a directory of them, or a glob) whose footer
+    cannot be read; nothing for a remote path (s3://...), which Ray reads as it comes."""
+    import glob
+    import os
+
+    import pyarrow.parquet as pq
+
+    if "://" in name:
+        return
+    files = sorted(glob.glob(os.path.join(name, "**", "*.parquet"), recursive=True)) if os.path.isdir(name) \
+        else sorted(glob.glob(name))
+    for file in files:
+        try:
+            pq.read_metadata(file)
+        except Exception as e:                                         # pyarrow's ArrowInvalid, OSError
+            raise FormatError(f"{file}: not a Parquet file ({e})") from None
 
 
 def run_job(input_path, output_dir, model, *, column="text", kind=None, address=None, **options):
