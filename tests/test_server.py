@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 
 import e5np
+
+pytest.importorskip("uvicorn", reason='the serve extra: pip install "e5np[serve]"')
+pytest.importorskip("starlette", reason='the serve extra: pip install "e5np[serve]"')
+pytest.importorskip("prometheus_client", reason='the serve extra: pip install "e5np[serve]"')
 from e5np.server import float_vectors_from_base64, make_server, serve_in_thread
 from tests.checkpoints import TINY_DIR, with_prompts
 
