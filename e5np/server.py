@@ -11,8 +11,8 @@ takes the next from whatever is waiting then. When requests are still arriving (
 waits for them at most batch_wait seconds (2 ms by default), and never when none is.
 
 Backpressure: the queue holds at most max_queue_tokens tokens not yet taken by a round; a request that would pass
-that bound gets 429 with Retry-After (an empty queue takes any request, however large, so every admissible request
-can run). A client that hangs up has its texts not yet taken dropped from the queue.
+that bound gets 429 with Retry-After (an empty queue takes any request, however large, so that every request the
+body and input limits admit can run). A client that hangs up has its texts not yet taken dropped from the queue.
 
 Shutdown (SIGTERM, SIGINT): uvicorn stops accepting, lets the requests in flight finish (the batcher runs until
 they have) for at most graceful_timeout seconds, then the process exits 0.
@@ -223,7 +223,7 @@ class Batcher:
 
     def submit(self, job):
         with self.lock:
-            if self.queue and self.queued_tokens + job.tokens > self.max_queue_tokens:
+            if self.queued_tokens and self.queued_tokens + job.tokens > self.max_queue_tokens:
                 raise Overloaded(self.retry_after())
             self.queue.append(job)
             self.queued_tokens += job.tokens
@@ -236,6 +236,8 @@ class Batcher:
             if not job.dropped and job.taken < len(job.token_ids):
                 self.queued_tokens -= sum(job.lengths[job.taken:])
                 job.taken = len(job.token_ids)
+            if job in self.queue:                                      # a round may hold its other texts
+                self.queue.remove(job)
             job.dropped = True
             self.gauges()
 
@@ -247,7 +249,7 @@ class Batcher:
     def gauges(self):
         if self.metrics:
             self.metrics["queue_tokens"].set(self.queued_tokens)
-            self.metrics["queue_requests"].set(sum(1 for job in self.queue if not job.dropped))
+            self.metrics["queue_requests"].set(len(self.queue))
 
     def stop(self):
         """Embed what is queued, then stop."""
