@@ -8,8 +8,9 @@ Without --url it starts `e5np serve -m DIR --port <free>` itself (127.0.0.1 only
 keep-alive connection and sends its next request when the last is answered; a level stops after --requests
 requests (at least 4 per client) or --seconds, whichever comes first. Errors count every answer that is not 200
 and every failed connection (resets included). The mixed load: requests of 1-32 texts of 3-120 words.
-The ceiling: one model.encode() of the same queries in this process, while the server is idle (batch 32, the
-engine's threads): the queries/s a server that batched perfectly, at no cost of its own, would reach.
+The ceiling: one model.encode() of the same kind of texts in this process while the server is idle (batch 32, the
+engine's threads), run just before and just after each level (their mean; the machine's other load moves both
+alike): the texts/s a server that batched perfectly, at no cost of its own, would reach.
 The client runs in this process on the same cores as the server, as a load generator on the machine would.
 """
 
@@ -117,6 +118,14 @@ def start_server(model_dir, extra):
     raise SystemExit("the server did not start")
 
 
+def ceiling_run(model, texts):
+    """Texts/s of one model.encode() of texts (after a warm-up)."""
+    model.encode(texts[:32])
+    started = time.monotonic()
+    model.encode(texts)
+    return len(texts) / (time.monotonic() - started)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint directory (for the ceiling, and the server)")
@@ -126,7 +135,13 @@ def main(argv=None):
     parser.add_argument("--requests", type=int, default=400, help="requests per level (at least 4 per client)")
     parser.add_argument("--seconds", type=float, default=20, help="at most this long per level")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
+    parser.add_argument("--no-mixed", action="store_true", help="skip the mixed-size load")
     args = parser.parse_args(argv)
+
+    model = e5np.load(args.model)
+    levels = [int(c) for c in args.clients.split(",")]
+    texts = queries(max(args.requests, 4 * max(levels)))
+    mixed_texts = [t for batch in mixed_requests(200) for t in batch]
 
     process = None
     if args.url:
@@ -136,49 +151,41 @@ def main(argv=None):
         process, port = start_server(args.model, args.server_args.split())
         host = "127.0.0.1"
     try:
-        levels = [int(c) for c in args.clients.split(",")]
-        texts = queries(max(args.requests, 4 * max(levels)))
         single = [{"input": text} for text in texts]
         asyncio.run(run_level(host, port, 4, single[:16], 16, 30))                    # warm-up
         rows = []
+        before = ceiling_run(model, texts[:256])
         for clients in levels:
             total = max(args.requests, 4 * clients)
             lat, errors, wall, done = asyncio.run(run_level(host, port, clients, single, total, args.seconds))
-            rows.append((f"{clients} x 1 query", clients, len(lat), errors, wall, done, lat))
-        mixed = [{"input": batch} for batch in mixed_requests(200)]
-        lat, errors, wall, done = asyncio.run(run_level(host, port, 16, mixed, 200, args.seconds))
-        rows.append(("16 x mixed (1-32 texts)", 16, len(lat), errors, wall, done, lat))
+            after = ceiling_run(model, texts[:256])
+            rows.append((f"{clients} x 1 query", (before + after) / 2, len(lat), errors, wall, done, lat))
+            before = after
+        if not args.no_mixed:
+            mixed = [{"input": batch} for batch in mixed_requests(200)]
+            before = ceiling_run(model, mixed_texts)
+            lat, errors, wall, done = asyncio.run(run_level(host, port, 16, mixed, 200, args.seconds))
+            ceiling = (before + ceiling_run(model, mixed_texts)) / 2
+            rows.append(("16 x mixed (1-32 texts)", ceiling, len(lat), errors, wall, done, lat))
     finally:
         if process is not None:
             process.terminate()
             process.wait(timeout=60)
 
-    model = e5np.load(args.model)
-    sample = texts[:512]
-    model.encode(sample[:64])
-    started = time.monotonic()
-    model.encode(sample)
-    ceiling = len(sample) / (time.monotonic() - started)
-    mixed_texts = [t for batch in mixed_requests(200) for t in batch]
-    started = time.monotonic()
-    model.encode(mixed_texts)
-    mixed_ceiling = len(mixed_texts) / (time.monotonic() - started)
-
-    header = "| load | requests | req/s | texts/s | x ceiling | p50 ms | p99 ms | errors |"
+    header = "| load | requests | req/s | texts/s | ceiling texts/s | x ceiling | p50 ms | p99 ms | errors |"
     print(header if args.markdown else header.replace("|", " "))
     if args.markdown:
-        print("|---|---:|---:|---:|---:|---:|---:|---|")
-    for name, clients, ok, errors, wall, done, lat in rows:
-        top = mixed_ceiling if "mixed" in name else ceiling
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, top, ok, errors, wall, done, lat in rows:
         kinds = {}
         for e in errors:
             kinds[e] = kinds.get(e, 0) + 1
         error_text = ", ".join(f"{v} x {k}" for k, v in sorted(kinds.items(), key=str)) or "0"
-        print(f"| {name} | {ok + len(errors)} | {ok / wall:.1f} | {done / wall:.1f} | {done / wall / top:.2f} | "
+        print(f"| {name} | {ok + len(errors)} | {ok / wall:.1f} | {done / wall:.1f} | {top:.1f} | {done / wall / top:.2f} | "
               f"{1000 * statistics.median(lat) if lat else float('nan'):.1f} | {1000 * percentile(lat, 99):.1f} | "
               f"{error_text} |")
-    print(f"\nceiling: one model.encode() of {len(sample)} queries: {ceiling:.1f} queries/s; of the mixed load's "
-          f"{len(mixed_texts)} texts: {mixed_ceiling:.1f} texts/s (threads={model.threads})")
+    print(f"\nceiling: one model.encode() (batch 32, threads={model.threads}) of 256 of the same queries, or of the mixed "
+          f"load's {len(mixed_texts)} texts, just before and just after each level (the mean)")
 
 
 if __name__ == "__main__":
