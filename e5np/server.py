@@ -7,7 +7,8 @@ takes whatever is waiting (first come, first served) up to a round's token budge
 and hands the round to one of the process's workers (runtime.workers(model.threads)), which runs it through
 model.embed_tokens (length-sorted batches of the round's texts, from all its requests, on that worker's core) and
 hands each vector back to its request. There is a round for each worker at most; a worker that finishes one
-takes the next from whatever is waiting then. When requests are still arriving (read but not yet queued) a round
+takes the next from whatever is waiting then, and while other rounds run a free worker waits until an eighth of a
+round's budget is queued (or the others finish). When requests are still arriving (read but not yet queued) a round
 waits for them at most batch_wait seconds (2 ms by default), and never when none is.
 
 Backpressure: the queue holds at most max_queue_tokens tokens not yet taken by a round; a request that would pass
@@ -240,6 +241,7 @@ class Batcher:
                 self.queue.remove(job)
             job.dropped = True
             self.gauges()
+            self.lock.notify_all()
 
     def retry_after(self):
         """Seconds until the queue has drained, as measured, at least 1."""
@@ -265,8 +267,16 @@ class Batcher:
         """Pieces (job, start, end) of the waiting jobs, first come first served, up to the round's tokens (at
         least one text); None when stopping with nothing queued."""
         with self.lock:
-            while not self.stopping and not self.queue:
-                self.lock.wait()
+            while True:
+                while not self.stopping and not self.queue:
+                    self.lock.wait()
+                # While another round runs, a free worker waits for a round worth running (an eighth of the
+                # budget) or for the others to finish: a round of a text or two costs several times more a text.
+                while (self.running and self.queue and self.queued_tokens < self.round_tokens // 8
+                       and not self.stopping):
+                    self.lock.wait()
+                if self.queue or self.stopping:
+                    break
             if not self.queue:
                 return None
             if self.batch_wait > 0:
