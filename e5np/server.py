@@ -55,7 +55,7 @@ def openai_error_body(error):
 
 
 def tei_error_body(error):
-    kinds = {429: "overloaded", 500: "backend"}
+    kinds = {429: "overloaded", 500: "backend", 503: "unhealthy"}
     return {"error": str(error), "error_type": kinds.get(error.status, "validation")}
 
 
@@ -525,6 +525,10 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
             return json_response(e.status, error_body(e), e.headers)
         except ClientGone:
             return Response(status_code=499)                           # nobody reads it; counted in /metrics
+        except asyncio.CancelledError:                                 # shutdown's graceful timeout has passed
+            return json_response(503, error_body(RequestError(
+                503, "the server shut down before this request was embedded", kind="server_error")),
+                {"Connection": "close"})
         except Exception as e:                                         # a bug, not the client's fault
             print(f"e5np serve: internal error: {e!r}", file=sys.stderr)
             return json_response(500, error_body(RequestError(500, "internal error", kind="server_error")))

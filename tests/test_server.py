@@ -321,8 +321,16 @@ class Gate:
 
 
 def in_thread(function, *args):
+    """(thread, result): result["value"] is what function(*args) returned, or result["error"] what it raised."""
     result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("value", function(*args)), daemon=True)
+
+    def run():
+        try:
+            result["value"] = function(*args)
+        except Exception as e:                                         # for the caller to judge
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, result
 
@@ -576,27 +584,58 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_sigterm_lets_requests_in_flight_finish_and_exits_0():
-    import signal
+def start_serving(*options):
     import subprocess
     import sys
 
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "e5np", "serve", "-m", str(TINY_DIR), "--port", str(port),
-                                "--max-queue-tokens", "100000000", "--graceful-timeout", "120"],
-                               stderr=subprocess.PIPE, text=True)
+                                "--max-queue-tokens", "100000000", *options], stderr=subprocess.PIPE, text=True)
+    assert f"http://127.0.0.1:{port}/v1/embeddings" in process.stderr.readline()
+    return process, type("Live", (), {"server_address": ("127.0.0.1", port)})()
+
+
+def send_large_requests(live, n):
+    """n requests of 2048 texts each, on threads, returned once the server has queued texts of one of them."""
+    texts = [f"text {i} " + "word " * 100 for i in range(2048)]
+    requests = [in_thread(request, live, "POST", "/v1/embeddings", {"input": texts}) for _ in range(n)]
+    wait_until(lambda: metric(exchange(live, "GET", "/metrics")[2].decode(), "e5np_queue_requests") >= 1)
+    return requests
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_lets_requests_in_flight_finish_and_exits_0(signal_name):
+    import signal
+
+    process, live = start_serving("--graceful-timeout", "120")
     try:
-        assert f"http://127.0.0.1:{port}/v1/embeddings" in process.stderr.readline()
-        live = type("Live", (), {"server_address": ("127.0.0.1", port)})()
-        texts = [f"text {i} " + "word " * 100 for i in range(2048)]
-        requests = [in_thread(request, live, "POST", "/v1/embeddings", {"input": texts}) for _ in range(3)]
-        wait_until(lambda: metric(exchange(live, "GET", "/metrics")[2].decode(), "e5np_queue_requests") >= 1)
-        process.send_signal(signal.SIGTERM)
+        requests = send_large_requests(live, 3)
+        process.send_signal(getattr(signal, signal_name))
         assert process.wait(timeout=120) == 0
         for thread, result in requests:
             thread.join(30)
             status, body = result["value"]
             assert status == 200 and len(body["data"]) == 2048
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_graceful_timeout_bounds_the_shutdown():
+    """Requests still running when --graceful-timeout ends get 503 (or find their connection closed), and the process
+    still exits 0."""
+    import signal
+
+    process, live = start_serving("--graceful-timeout", "0.2")
+    try:
+        requests = send_large_requests(live, 6)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        for thread, result in requests:                                # answered, or cut at the bound
+            thread.join(30)
+            assert result.get("value", (200,))[0] in (200, 503)
+            assert isinstance(result.get("error", ConnectionError()), (ConnectionError, http.client.HTTPException))
     finally:
         if process.poll() is None:
             process.kill()
