@@ -661,3 +661,19 @@ def test_parsing_needs_no_server_packages():
     assert parse_tei_request(b'{"inputs": ["a"], "truncate": true}', 16) == (["a"], None, True, None)
     with pytest.raises(RequestError, match="'inputs' is required"):
         parse_tei_request(b"{}", 16)
+
+
+def test_serve_bench_runs(capsys):
+    """tools/serve_bench.py, briefly, on the tiny checkpoint: a row for each level, no errors."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "serve_bench.py"
+    spec = importlib.util.spec_from_file_location("serve_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--model", str(TINY_DIR), "--clients", "1,4", "--requests", "16", "--seconds", "30", "--no-mixed",
+                "--markdown"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "query" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1 x 1 query", "| 4 x 1 query"]
+    assert all(row.rstrip(" |").endswith("| 0") for row in rows), rows

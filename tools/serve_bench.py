@@ -181,11 +181,11 @@ def main(argv=None):
         for e in errors:
             kinds[e] = kinds.get(e, 0) + 1
         error_text = ", ".join(f"{v} x {k}" for k, v in sorted(kinds.items(), key=str)) or "0"
-        print(f"| {name} | {ok + len(errors)} | {ok / wall:.1f} | {done / wall:.1f} | {top:.1f} | {done / wall / top:.2f} | "
-              f"{1000 * statistics.median(lat) if lat else float('nan'):.1f} | {1000 * percentile(lat, 99):.1f} | "
-              f"{error_text} |")
-    print(f"\nceiling: one model.encode() (batch 32, threads={model.threads}) of 256 of the same queries, or of the mixed "
-          f"load's {len(mixed_texts)} texts, just before and just after each level (the mean)")
+        print(f"| {name} | {ok + len(errors)} | {ok / wall:.1f} | {done / wall:.1f} | {top:.1f} | "
+              f"{done / wall / top:.2f} | {1000 * statistics.median(lat) if lat else float('nan'):.1f} | "
+              f"{1000 * percentile(lat, 99):.1f} | {error_text} |")
+    print(f"\nceiling: one model.encode() (batch 32, threads={model.threads}) of 256 of the same queries, or of the "
+          f"mixed load's {len(mixed_texts)} texts, just before and just after each level (the mean)")
 
 
 if __name__ == "__main__":
