@@ -419,8 +419,8 @@ def metrics_middleware(app, metrics):
 
 def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, idle_timeout=60,
              truncation="ignore", max_queue_tokens=32768, batch_wait_ms=2.0, registry=None):
-    """The ASGI application serving model. Its batcher thread starts now and stops with the app's lifespan
-    shutdown (app.state.batcher.stop()). registry: the prometheus_client CollectorRegistry its /metrics show
+    """(the ASGI application serving model, its Batcher). The batcher's thread starts now and stops with the app's
+    lifespan shutdown (or batcher.stop()). registry: the prometheus_client CollectorRegistry its /metrics show
     (default: a new one, so that a process can make several apps)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from starlette.applications import Starlette
