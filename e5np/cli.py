@@ -230,21 +230,32 @@ def cmd_similarity(args):
 
 
 def cmd_serve(args):
+    try:
+        import prometheus_client, starlette, uvicorn  # noqa: F401  (the serve extra)
+    except ImportError:
+        from .server import SERVE_EXTRA
+        raise CliError(SERVE_EXTRA.removeprefix("e5np serve ")) from None
     from .server import make_server
 
+    if args.batch_wait_ms < 0:
+        raise CliError(f"--batch-wait-ms must be 0 or more, got {args.batch_wait_ms:g}")
+    for name in ("max_queue_tokens", "graceful_timeout"):
+        if getattr(args, name) <= 0:
+            raise CliError(f"--{name.replace('_', '-')} must be more than 0, got {getattr(args, name):g}")
     model = load_model(args)
     try:
         server = make_server(model, args.host, args.port, model_name=args.model,
                              max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
-                             idle_timeout=args.idle_timeout, truncation=args.truncation)
+                             idle_timeout=args.idle_timeout, truncation=args.truncation,
+                             max_queue_tokens=args.max_queue_tokens, batch_wait_ms=args.batch_wait_ms,
+                             graceful_timeout=args.graceful_timeout)
     except OSError as e:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
     host, port = server.server_address[:2]
-    print(f"e5np: serving {args.model} on http://{host}:{port}/v1/embeddings (Ctrl-C stops)", file=sys.stderr)
+    print(f"e5np: serving {args.model} on http://{host}:{port}/v1/embeddings (Ctrl-C or SIGTERM stops)",
+          file=sys.stderr, flush=True)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve_forever()                     # returns on SIGTERM / SIGINT, once the requests in flight end
     finally:
         server.server_close()
     return 0
@@ -377,7 +388,9 @@ def build_parser():
     similarity.set_defaults(run=cmd_similarity)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible embeddings server", description=(
-        "Serve POST /v1/embeddings (OpenAI request/response shape) and GET /health."))
+        "Serve POST /v1/embeddings (OpenAI request/response shape), POST /embed (TEI's), GET /health, "
+        "GET /v1/models and GET /metrics (Prometheus). Concurrent requests are embedded in shared batches. "
+        'Needs the serve extra: pip install "e5np[serve]".'))
     model_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
@@ -390,6 +403,13 @@ def build_parser():
     serve.add_argument("--truncation", choices=["ignore", "error"], default="ignore",
                        help="an input over the model's max length: embed its first tokens (ignore, the default) "
                             "or answer 400 naming it (error, as OpenAI's API does)")
+    serve.add_argument("--max-queue-tokens", type=int, default=32768,
+                       help="tokens queued for embedding across all requests; a request past it gets 429 with "
+                            "Retry-After (default 32768)")
+    serve.add_argument("--batch-wait-ms", type=float, default=2.0,
+                       help="how long a batch waits for requests still arriving, in ms (default 2; 0: never)")
+    serve.add_argument("--graceful-timeout", type=float, default=30,
+                       help="at SIGTERM / SIGINT, seconds the requests in flight get to finish (default 30)")
     serve.set_defaults(run=cmd_serve)
 
     parity = sub.add_parser("parity", help="compare e5np with transformers, stage by stage", description=(

@@ -1,5 +1,6 @@
-"""The OpenAI-compatible server: the real openai client, raw HTTP for errors, and a bounded load test."""
+"""The embeddings server: the real openai client, raw HTTP for errors, and bounded load tests."""
 
+import contextlib
 import http.client
 import json
 import socket
@@ -10,8 +11,13 @@ import numpy as np
 import pytest
 
 import e5np
+
+pytest.importorskip("uvicorn", reason='the serve extra: pip install "e5np[serve]"')
+pytest.importorskip("starlette", reason='the serve extra: pip install "e5np[serve]"')
+pytest.importorskip("prometheus_client", reason='the serve extra: pip install "e5np[serve]"')
 from e5np.server import float_vectors_from_base64, make_server, serve_in_thread
 from tests.checkpoints import TINY_DIR, with_prompts
+from tests.row_independence import assert_same_vectors
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +274,406 @@ def test_requests_share_one_pool_of_workers(monkeypatch):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# --- the ASGI server: coalesced batches, backpressure, TEI, metrics, lifecycle ---------------------------------
+
+
+@contextlib.contextmanager
+def serving(model, **options):
+    srv = make_server(model, "127.0.0.1", 0, **options)
+    serve_in_thread(srv)
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def exchange(server, method, path, body=None, headers=None):
+    """(status, headers, decoded body) of one request."""
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    connection.request(method, path, body=json.dumps(body) if isinstance(body, (dict, list)) else body,
+                       headers={"Content-Type": "application/json", **(headers or {})})
+    response = connection.getresponse()
+    payload = response.read()
+    connection.close()
+    return response.status, dict(response.getheaders()), payload
+
+
+class Gate:
+    """model.embed_tokens held until open() is called: a worker kept busy, so that requests queue behind it."""
+
+    def __init__(self, model):
+        self.opened, self.entered, self.calls = threading.Event(), threading.Semaphore(0), []
+        inner = model.embed_tokens
+
+        def embed_tokens(token_ids, **kwargs):
+            self.calls.append([list(ids) for ids in token_ids])
+            self.entered.release()
+            self.opened.wait(30)
+            return inner(token_ids, **kwargs)
+
+        model.embed_tokens = embed_tokens
+
+    def open(self):
+        self.opened.set()
+
+
+def in_thread(function, *args):
+    """(thread, result): result["value"] is what function(*args) returned, or result["error"] what it raised."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = function(*args)
+        except Exception as e:                                         # for the caller to judge
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def wait_until(condition, seconds=30):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_async_openai_client_with_64_requests_in_flight(server, tiny):
+    """64 concurrent single-text requests (and a few larger ones) are embedded in shared batches: each answer is the
+    vector model.encode() gives its text."""
+    openai = pytest.importorskip("openai")
+    import asyncio
+
+    texts = [f"query number {i} about " + "cats and dogs " * (i % 9) for i in range(64)]
+    expected = tiny.encode(texts)
+
+    async def run():
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="unused",
+                                    max_retries=0)
+        try:
+            singles = [client.embeddings.create(model="tiny-bert", input=text) for text in texts]
+            groups = [client.embeddings.create(model="tiny-bert", input=texts[k:k + 8]) for k in range(0, 64, 8)]
+            return await asyncio.gather(*singles, *groups)
+        finally:
+            await client.close()
+
+    answers = asyncio.run(run())
+    assert_same_vectors([a.data[0].embedding for a in answers[:64]], expected)
+    for k, answer in zip(range(0, 64, 8), answers[64:]):
+        assert_same_vectors([d.embedding for d in answer.data], expected[k:k + 8])
+    assert [a.usage.prompt_tokens for a in answers[:64]] == [int(n) for n in tiny.tokenize(texts).lengths]
+
+
+def test_concurrent_requests_share_batches(tiny):
+    """Requests that wait together are embedded together: a batch holds texts of several requests."""
+    model = e5np.load(TINY_DIR, threads=1)
+    gate = Gate(model)
+    with serving(model, batch_wait_ms=0) as srv:
+        first, _ = in_thread(request, srv, "POST", "/v1/embeddings", {"input": "the first one"})
+        assert gate.entered.acquire(timeout=30)                        # the one worker is busy with it
+        texts = [f"waiting text {i}" for i in range(6)]
+        waiting = [in_thread(request, srv, "POST", "/v1/embeddings", {"input": text}) for text in texts]
+        wait_until(lambda: srv.batcher.queued_tokens == sum(len(t.ids) for t in
+                                                            e5np.tokenizer.encode_batch(model.tokenizer, texts)))
+        gate.open()
+        first.join(30)
+        for (thread, result), expected in zip(waiting, tiny.encode(texts)):
+            thread.join(30)
+            status, body = result["value"]
+            assert status == 200
+            assert_same_vectors(body["data"][0]["embedding"], expected.astype(np.float64))
+    assert len(gate.calls) == 2 and len(gate.calls[1]) == 6                 # the six in one round
+
+
+@pytest.fixture(scope="module")
+def prompted(tmp_path_factory):
+    return e5np.load(with_prompts(TINY_DIR, tmp_path_factory.mktemp("prompted") / "model"))
+
+
+@pytest.mark.parametrize("input_type, encoder", [("query", "encode_queries"), ("passage", "encode_passages"),
+                                                 ("document", "encode_passages"), (None, "encode")])
+def test_input_type_adds_the_models_prefix(prompted, input_type, encoder):
+    texts = ["a cat", "hello world"]
+    with serving(prompted, model_name="prompted") as srv:
+        status, body = request(srv, "POST", "/v1/embeddings", {"input": texts, "input_type": input_type})
+    assert status == 200
+    assert_same_vectors([d["embedding"] for d in body["data"]], getattr(prompted, encoder)(texts).astype(np.float64))
+    prefixed = [prompted.prefix(input_type) + text for text in texts]
+    assert body["usage"]["prompt_tokens"] == int(prompted.tokenize(prefixed).lengths.sum())
+
+
+def test_input_type_must_be_a_kind(server):
+    status, body = request(server, "POST", "/v1/embeddings", {"input": "x", "input_type": "question"})
+    assert status == 400 and body["error"]["param"] == "input_type" and "'question'" in body["error"]["message"]
+
+
+def test_another_model_is_not_found(server):
+    status, body = request(server, "POST", "/v1/embeddings", {"input": "x", "model": "text-embedding-3-small"})
+    assert status == 404 and body["error"]["code"] == "model_not_found"
+    assert "'text-embedding-3-small'" in body["error"]["message"] and "'tiny-bert'" in body["error"]["message"]
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="unused",
+                           max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="nope", input="x")
+
+
+def test_tei_embed(server, tiny, prompted):
+    status, body = request(server, "POST", "/embed", {"inputs": ["a", "b c"]})
+    assert status == 200 and np.asarray(body).shape == (2, tiny.dim)
+    assert_same_vectors(body, tiny.encode(["a", "b c"]).astype(np.float64))
+    status, body = request(server, "POST", "/embed", {"inputs": "just one", "normalize": False})
+    assert status == 200
+    assert_same_vectors(body, tiny.encode(["just one"], normalize=False).astype(np.float64))
+    with serving(prompted) as srv:
+        for prompt_name, encoder in (("query", "encode_queries"), ("passage", "encode_passages")):
+            status, body = request(srv, "POST", "/embed", {"inputs": ["a cat"], "prompt_name": prompt_name})
+            assert status == 200
+            assert_same_vectors(body, getattr(prompted, encoder)(["a cat"]).astype(np.float64))
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"input": "x"}, 400, "'inputs' is required"),
+    ({"inputs": []}, 400, "non-empty"),
+    ({"inputs": "x", "normalize": "yes"}, 400, "'normalize' must be true or false"),
+    ({"inputs": "x", "prompt_name": "classification"}, 400, "'prompt_name' must be one of"),
+    ({"inputs": ["x"] * 17}, 413, "the limit is 16"),
+    ({"inputs": "word " * 300, "truncate": False}, 400, "'inputs[0]' is longer than the model's limit of 128"),
+])
+def test_tei_embed_errors(server, body, status, words):
+    got_status, got = request(server, "POST", "/embed", body)
+    assert got_status == status and got["error_type"] == "validation" and words in got["error"]
+
+
+def test_tei_truncate_true_embeds_the_first_tokens(server, tiny):
+    status, body = request(server, "POST", "/embed", {"inputs": "word " * 300, "truncate": True})
+    assert status == 200
+    assert_same_vectors(body, tiny.encode(["word " * 300], truncation="ignore").astype(np.float64))
+
+
+def metric(text, name, **labels):
+    """The value of a sample in Prometheus text, 0 if absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0
+
+
+def test_metrics_count_what_was_sent(tiny):
+    with serving(tiny) as srv:
+        texts = ["one text", "two texts here", "three"]
+        for text in texts:
+            assert request(srv, "POST", "/v1/embeddings", {"input": text})[0] == 200
+        assert request(srv, "POST", "/embed", {"inputs": texts})[0] == 200
+        assert request(srv, "POST", "/v1/embeddings", {"input": []})[0] == 400
+        assert request(srv, "GET", "/nope")[0] == 404
+        status, headers, page = exchange(srv, "GET", "/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        page = page.decode()
+    tokens = int(tiny.tokenize(texts).lengths.sum())
+    assert metric(page, "e5np_requests_total", route="/v1/embeddings", status="200") == 3
+    assert metric(page, "e5np_requests_total", route="/v1/embeddings", status="400") == 1
+    assert metric(page, "e5np_requests_total", route="/embed", status="200") == 1
+    assert metric(page, "e5np_requests_total", route="other", status="404") == 1
+    assert metric(page, "e5np_request_duration_seconds_count", route="/v1/embeddings", status="200") == 3
+    assert metric(page, "e5np_tokens_embedded_total") == 2 * tokens
+    assert metric(page, "e5np_batch_texts_sum") == 6 and metric(page, "e5np_batch_tokens_sum") == 2 * tokens
+    assert metric(page, "e5np_queue_tokens") == 0 and metric(page, "e5np_queue_requests") == 0
+    assert metric(page, "e5np_rejected_total") == 0
+
+
+def test_past_the_queue_bound_429_and_nothing_else():
+    """A full queue answers 429 with Retry-After and an OpenAI error body; the requests it admitted get 200."""
+    model = e5np.load(TINY_DIR, threads=1)
+    gate = Gate(model)
+    with serving(model, max_queue_tokens=8, batch_wait_ms=0) as srv:
+        first, first_result = in_thread(request, srv, "POST", "/v1/embeddings", {"input": "the first one"})
+        assert gate.entered.acquire(timeout=30)
+        second, second_result = in_thread(request, srv, "POST", "/v1/embeddings", {"input": "second"})
+        wait_until(lambda: srv.batcher.queued_tokens > 0)              # an empty queue takes any request
+        refused = [in_thread(exchange, srv, "POST", "/v1/embeddings", {"input": f"more {i}"}) for i in range(12)]
+        for thread, result in refused:
+            thread.join(30)
+            status, headers, body = result["value"]
+            assert status == 429 and int(headers["retry-after"]) >= 1
+            error = json.loads(body)["error"]
+            assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+        gate.open()
+        for thread, result in ((first, first_result), (second, second_result)):
+            thread.join(30)
+            assert result["value"][0] == 200
+        assert metric(exchange(srv, "GET", "/metrics")[2].decode(), "e5np_rejected_total") == 12
+
+
+def test_an_overloaded_tiny_queue_answers_200_or_429_only(tiny):
+    """64 clients at once on a queue of a few requests: every answer is a 200 or a 429, none a reset."""
+    with serving(tiny, max_queue_tokens=20) as srv:
+        statuses, errors = [], []
+
+        def client(k):
+            try:
+                statuses.append(request(srv, "POST", "/v1/embeddings", {"input": [f"text {k}"] * 4})[0])
+            except Exception as e:                                     # collected and reported below
+                errors.append(repr(e))
+
+        clients = [threading.Thread(target=client, args=(k,)) for k in range(64)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(60)
+    assert not errors and len(statuses) == 64 and set(statuses) <= {200, 429}, (errors[:3], statuses)
+
+
+def test_a_client_that_hangs_up_frees_its_place():
+    """A queued request whose client disconnects leaves the queue: its texts are never embedded, and the room it
+    held takes the next request."""
+    model = e5np.load(TINY_DIR, threads=1)
+    gate = Gate(model)
+    with serving(model, max_queue_tokens=8, batch_wait_ms=0) as srv:
+        first, first_result = in_thread(request, srv, "POST", "/v1/embeddings", {"input": "the first one"})
+        assert gate.entered.acquire(timeout=30)
+        leaving = socket.create_connection(srv.server_address[:2], timeout=30)
+        body = json.dumps({"input": "a client that leaves"}).encode()
+        leaving.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        wait_until(lambda: srv.batcher.queued_tokens > 0)
+        assert request(srv, "POST", "/v1/embeddings", {"input": "refused"})[0] == 429
+        leaving.close()
+        wait_until(lambda: srv.batcher.queued_tokens == 0)
+        admitted, admitted_result = in_thread(request, srv, "POST", "/v1/embeddings", {"input": "admitted"})
+        wait_until(lambda: srv.batcher.queued_tokens > 0)
+        gate.open()
+        first.join(30)
+        admitted.join(30)
+        assert first_result["value"][0] == 200 and admitted_result["value"][0] == 200
+    left = model.tokenizer.encode("a client that leaves").ids
+    assert all(left not in call for call in gate.calls)
+
+
+def chunked(*parts):
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
+
+
+def test_a_body_without_content_length(server, tiny):
+    """Neither Content-Length nor chunked: 411, as before. Chunked transfer encoding (which the standard-library
+    server refused with 411) is read, within the body limit."""
+    with socket.create_connection(server.server_address[:2], timeout=30) as connection:
+        connection.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert connection.recv(4096).startswith(b"HTTP/1.1 411")
+    body = json.dumps({"input": ["a", "b c"]}).encode()
+    status, _, payload = exchange(server, "POST", "/v1/embeddings", chunked(body[:7], body[7:]),
+                                  {"Transfer-Encoding": "chunked"})
+    assert status == 200
+    assert_same_vectors([d["embedding"] for d in json.loads(payload)["data"]], tiny.encode(["a", "b c"]))
+    big = json.dumps({"input": "x" * 70_000}).encode()
+    status, _, payload = exchange(server, "POST", "/v1/embeddings", chunked(big[:40_000], big[40_000:]),
+                                  {"Transfer-Encoding": "chunked"})
+    assert status == 413 and "exceeds the limit of 65536" in json.loads(payload)["error"]["message"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serving(*options):
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "e5np", "serve", "-m", str(TINY_DIR), "--port", str(port),
+                                "--max-queue-tokens", "100000000", *options], stderr=subprocess.PIPE, text=True)
+    assert f"http://127.0.0.1:{port}/v1/embeddings" in process.stderr.readline()
+    return process, type("Live", (), {"server_address": ("127.0.0.1", port)})()
+
+
+def send_large_requests(live, n):
+    """n requests of 2048 texts each, on threads, returned once the server has queued texts of one of them."""
+    texts = [f"text {i} " + "word " * 100 for i in range(2048)]
+    requests = [in_thread(request, live, "POST", "/v1/embeddings", {"input": texts}) for _ in range(n)]
+    wait_until(lambda: metric(exchange(live, "GET", "/metrics")[2].decode(), "e5np_queue_requests") >= 1)
+    return requests
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_signal_lets_requests_in_flight_finish_and_exits_0(signal_name):
+    import signal
+
+    process, live = start_serving("--graceful-timeout", "120")
+    try:
+        requests = send_large_requests(live, 3)
+        process.send_signal(getattr(signal, signal_name))
+        assert process.wait(timeout=120) == 0
+        for thread, result in requests:
+            thread.join(30)
+            status, body = result["value"]
+            assert status == 200 and len(body["data"]) == 2048
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_graceful_timeout_bounds_the_shutdown():
+    """Requests still running when --graceful-timeout ends get 503 (or find their connection closed), and the process
+    still exits 0."""
+    import signal
+
+    process, live = start_serving("--graceful-timeout", "0.2")
+    try:
+        requests = send_large_requests(live, 6)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        for thread, result in requests:                                # answered, or cut at the bound
+            thread.join(30)
+            assert result.get("value", (200,))[0] in (200, 503)
+            assert isinstance(result.get("error", ConnectionError()), (ConnectionError, http.client.HTTPException))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_without_the_extra_names_it(monkeypatch, capsys):
+    import sys
+
+    from e5np import cli
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)                  # import uvicorn raises ImportError
+    assert cli.main(["serve", "-m", str(TINY_DIR)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == 'e5np serve: needs the serve extra: pip install "e5np[serve]"'
+
+
+def test_parsing_needs_no_server_packages():
+    """The request parsers are plain functions."""
+    from e5np.server import RequestError, parse_request, parse_tei_request
+
+    assert parse_request(b'{"input": "x", "input_type": "document"}', 16, 32) == (["x"], "float", None, "passage")
+    assert parse_tei_request(b'{"inputs": ["a"], "truncate": true}', 16) == (["a"], None, True, None)
+    with pytest.raises(RequestError, match="'inputs' is required"):
+        parse_tei_request(b"{}", 16)
+
+
+def test_serve_bench_runs(capsys):
+    """tools/serve_bench.py, briefly, on the tiny checkpoint: a row for each level, no errors."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "serve_bench.py"
+    spec = importlib.util.spec_from_file_location("serve_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--model", str(TINY_DIR), "--clients", "1,4", "--requests", "16", "--seconds", "30", "--no-mixed",
+                "--markdown"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "query" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1 x 1 query", "| 4 x 1 query"]
+    assert all(row.rstrip(" |").endswith("| 0") for row in rows), rows
