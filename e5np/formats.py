@@ -78,7 +78,7 @@ def checked_arguments(texts):
 def refuse_to_overwrite_input(outputs, source):
     """FormatError when one of the files a command is about to write is the file its texts come from (source: a
     path, "-" for stdin, None for texts given as arguments): opening it for writing would empty it before it was
-    read (`embed -i docs.jsonl -o docs.jsonl` left an empty docs.jsonl and exit status 0)."""
+    read (`embed -i docs.jsonl -o docs.jsonl` would leave an empty docs.jsonl and exit status 0)."""
     if source is None:
         return
     try:
@@ -135,7 +135,7 @@ def register_writer(cls):
 class Reader:
     """(text, record) pairs from a file ('-' = stdin), read as they are taken. The file is opened by the
     constructor, so that one that cannot be read stops a command before it writes anything (a typo in `search
-    build`'s corpus name would have replaced the index with an empty one).
+    build`'s corpus name must not replace the index with an empty one).
 
     A reader class has `name` (its format's, as --input-format gives it), `suffixes` (the file names it reads,
     "" for none) and `has_fields` (records whose text is one field of several, as JSON lines); an instance has

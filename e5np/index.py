@@ -67,7 +67,8 @@ class ModelMismatchWarning(IndexWarning):
 
 VECTORS, PASSAGES, META = "vectors.npy", "passages.jsonl", "index.json"
 # How a do_lower_case checkpoint's texts are lowercased (see tokenizer.lowercases_first), as an index's recipe records
-# it. Earlier e5np recorded True there, for Python's str.lower, whose vectors differ on a word-final capital sigma.
+# it. Indexes from older e5np record True there, for Python's str.lower, whose vectors differ on a word-final
+# capital sigma.
 LOWERCASING = "Lowercase normalizer"
 REBUILD = ".rebuild"  # inside an index directory: the index that will replace it, while it is being built
 
@@ -150,8 +151,8 @@ def embed_passages(model, texts, **options):
 def passage_recipe(model):
     """What besides the weights decides the vector embed_passages gives a text: the token limit, the
     tokenizer (its files' sha256) and whether texts are lowercased before it, the prefix, the pooling, and that
-    the vectors are normalized (always, now: earlier e5np stored a non-normalizing model's vectors as they came,
-    and recorded normalize false). index.json records it, so that an index is not continued with vectors made
+    the vectors are normalized (always; indexes from older e5np may hold a non-normalizing model's vectors as they
+    came, and record normalize false). index.json records it, so that an index is not continued with vectors made
     another way: after the checkpoint's files were edited, or by an e5np that reads them otherwise (as when e5np
     came to take sentence-transformers' max_seq_length, 256 for all-MiniLM-L6-v2, over the tokenizer's 512)."""
     return {"max_length": model.max_length, "tokenizer_sha256": file_sha256(*tokenizer_files(model.directory)),
