@@ -6,9 +6,11 @@
 """
 
 from .checkpoint import BertConfig, CheckpointError
+from .chunking import Chunks
 from .hub import ModelNotFoundError
 from .model import Embedded, Forward, Model, TruncationError, TruncationWarning, load
+from .quantize import calibration_ranges, quantize
 
 __version__ = "0.1.0"
 __all__ = ["load", "Model", "Embedded", "Forward", "BertConfig", "CheckpointError", "ModelNotFoundError",
-           "TruncationError", "TruncationWarning"]
+           "TruncationError", "TruncationWarning", "Chunks", "quantize", "calibration_ranges"]
