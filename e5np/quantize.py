@@ -126,16 +126,18 @@ def hamming(query_bits, corpus_bits, block=65536):
 
 
 def top_k(scores, k):
-    """(indices [q, k], scores [q, k]) of each row's k highest scores, best first (ties: lower index first)."""
+    """(indices [q, k], scores [q, k]) of each row's k highest scores, best first; of equal scores the lower index
+    first (at the k-th place too: which rows are kept does not hang on the sort)."""
     scores = np.asarray(scores)
     k = min(k, scores.shape[1])
-    if k == 0:
-        return np.empty((len(scores), 0), np.int64), np.empty((len(scores), 0), scores.dtype)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
-        np.tile(np.arange(scores.shape[1]), (len(scores), 1))
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    indices = np.take_along_axis(part, order, axis=1)
+    indices = np.empty((len(scores), k), np.int64)
+    for i, row in enumerate(scores):
+        if k == 0:
+            break
+        kth = -np.partition(-row, k - 1)[k - 1] if k < len(row) else row.min()
+        above = np.flatnonzero(row > kth)
+        kept = np.concatenate([above, np.flatnonzero(row == kth)[:k - len(above)]])
+        indices[i] = kept[np.lexsort((kept, -row[kept]))]
     return indices, np.take_along_axis(scores, indices, axis=1)
 
 
