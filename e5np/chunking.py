@@ -59,9 +59,11 @@ class Windows:
     spans: list               # k (start, end) character spans into the text (without the prefix)
 
 
-def check_chunking(chunking):
+def check_chunking(chunking, chunk_overlap=None):
     if chunking is not None and chunking not in CHUNKINGS:
         raise ValueError(f"chunking must be None or one of {list(CHUNKINGS)}, got {chunking!r}")
+    if chunking is None and chunk_overlap is not None:
+        raise ValueError("chunk_overlap is for chunking='mean': without chunking a long text is truncated")
     return chunking
 
 

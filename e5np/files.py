@@ -180,9 +180,9 @@ def chunks(iterable, size=CHUNK):
 NPY_HEADER_BYTES = 128  # magic, version, length, the dict padded: room for any row count, rewritten in place
 
 
-def npy_header(rows, dim):
-    """The .npy (version 1.0) header of a [rows, dim] float32 array, always NPY_HEADER_BYTES long."""
-    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+def npy_header(rows, dim, dtype="<f4"):
+    """The .npy (version 1.0) header of a [rows, dim] array (float32 unless told), always NPY_HEADER_BYTES long."""
+    text = f"{{'descr': '{np.dtype(dtype).str}', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
     text = text.ljust(NPY_HEADER_BYTES - 10 - 1) + "\n"               # 10 bytes before it; a newline ends it
     return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
 
@@ -199,11 +199,12 @@ class EmbeddingWriter:
     A file output always ends at a chunk's end: after Ctrl-C or a failed write, close() cuts off the part of a
     chunk that was cut short. The .npy's header holds the row count and is rewritten after each chunk's rows,
     so the file is at every moment a valid .npy of the rows written so far (even after a kill), and nothing is
-    copied at the end. `append` continues a .npy this writer made (see IndexWriter).
+    copied at the end. `append` continues a .npy this writer made (see IndexWriter). dtype: the .npy's (float32
+    unless told; int8 / uint8 for compact vectors, see e5np.quantize).
     """
 
-    def __init__(self, output, dim, append=False):
-        self.output, self.dim, self.rows = output, dim, 0
+    def __init__(self, output, dim, append=False, dtype="<f4"):
+        self.output, self.dim, self.rows, self.dtype = output, dim, 0, np.dtype(dtype)
         if output is None or output == "-":
             self.kind, self.file, self.output = "stdout", sys.stdout, "stdout"
         elif output.endswith(".jsonl"):
@@ -213,7 +214,7 @@ class EmbeddingWriter:
             self.rows = self._npy_rows() if append else 0
         else:
             raise CliError(f"--output {output}: use a .npy or .jsonl file, or - for stdout")
-        start = NPY_HEADER_BYTES + 4 * self.rows * dim if self.kind == "npy" else 0
+        start = NPY_HEADER_BYTES + self.dtype.itemsize * self.rows * dim if self.kind == "npy" else 0
         self.ends = {self.rows: start}                                 # rows written -> the file's length then
         self.regular = self.kind != "stdout" and stat.S_ISREG(os.fstat(self.file.fileno()).st_mode)
         if self.kind == "npy" and not self.regular:
@@ -234,8 +235,8 @@ class EmbeddingWriter:
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(self.file)
         except ValueError as e:
             raise CliError(f"{self.output}: not a .npy file of e5np's ({e})") from None
-        if self.file.tell() != NPY_HEADER_BYTES or dtype != np.dtype("<f4") or fortran or shape[1:] != (self.dim,):
-            raise CliError(f"{self.output}: not a [rows, {self.dim}] float32 .npy written by e5np")
+        if self.file.tell() != NPY_HEADER_BYTES or dtype != self.dtype or fortran or shape[1:] != (self.dim,):
+            raise CliError(f"{self.output}: not a [rows, {self.dim}] {self.dtype} .npy written by e5np")
         return shape[0]
 
     def _commit(self):
@@ -248,7 +249,7 @@ class EmbeddingWriter:
             self.file.truncate(self.ends[self.rows])                   # a chunk a Ctrl-C or a full disk cut short
             if self.kind == "npy":
                 self.file.seek(0)
-                self.file.write(npy_header(self.rows, self.dim))
+                self.file.write(npy_header(self.rows, self.dim, self.dtype))
                 self.file.flush()
             self.file.seek(self.ends[self.rows])
         except OSError as e:
@@ -257,7 +258,7 @@ class EmbeddingWriter:
     def write(self, records, vectors):
         """records: the chunk's (text, record) pairs, vectors their embeddings."""
         if self.kind == "npy":
-            chunk = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+            chunk = np.ascontiguousarray(vectors, dtype=self.dtype).tobytes()
         elif self.kind == "jsonl":                                     # the record, its "embedding" added (or replaced)
             chunk = b"".join(json_line({**record, "embedding": vector.tolist()})
                              for (_, record), vector in zip(records, vectors))

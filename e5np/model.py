@@ -240,7 +240,7 @@ class Model:
         """
         texts, single = as_text_list(texts)
         show_progress_bar = check_flag("show_progress_bar", show_progress_bar)
-        check_chunking(chunking)
+        check_chunking(chunking, chunk_overlap)
         if precision is not None:
             check_precision(precision)
             if ranges is not None:

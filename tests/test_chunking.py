@@ -225,6 +225,11 @@ def test_overlap_must_be_a_positive_integer(tiny, overlap):
         tiny.encode_chunks("a", chunk_overlap=overlap)
 
 
+def test_overlap_needs_chunking(tiny):
+    with pytest.raises(ValueError, match="chunk_overlap is for chunking='mean'"):
+        tiny.encode("a", chunk_overlap=8)
+
+
 def test_overlap_must_leave_room(tiny):
     room = tiny.max_length - 2
     tiny.encode_chunks(LONG_TEXT, chunk_overlap=room - 1)
