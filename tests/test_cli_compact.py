@@ -1,8 +1,6 @@
 """`e5np embed --chunking / --chunk-overlap / --precision / --ranges`, in a subprocess, as a user runs it."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,13 +8,9 @@ import pytest
 import e5np
 from tests.checkpoints import TINY_DIR
 from tests.corpus import LONG_TEXT
+from tests.test_cli import e5np_cli
 
 TEXTS = ["hello world", "the cat sat on the mat", LONG_TEXT]
-
-
-def e5np_cli(*args, stdin=""):
-    return subprocess.run([sys.executable, "-m", "e5np", *map(str, args)], input=stdin,
-                          capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
