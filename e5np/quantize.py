@@ -1,6 +1,6 @@
 """Compact vectors: float embeddings as int8 / uint8 (one byte a dimension) or binary / ubinary (one bit), byte for
 byte what sentence-transformers' quantize_embeddings gives for the same inputs and ranges; and the search over them
-(scores, top-k, rescoring) that docs/compact-vectors.md measures.
+(Hamming distances, int8 dot products, top-k, rescoring with the float query) that docs/compact-vectors.md measures.
 
     int8 / uint8   each dimension d cut into 255 equal steps over [ranges[0, d], ranges[1, d]] (its min and max over
                    calibration vectors): q = clip(floor((x - min) / step), 0, 255), step = (max - min) / 255 (1 where
@@ -107,22 +107,64 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 
 def popcount(x):
-    """Set bits of each uint8 in x (uint8)."""
+    """The set bits of each element of x (uint8 or uint64), as uint8."""
     if hasattr(np, "bitwise_count"):                                   # NumPy >= 2.0
         return np.bitwise_count(x)
-    return _POPCOUNT[x]
+    x = np.asarray(x)
+    counts = _POPCOUNT[x.view(np.uint8)]
+    return counts if x.dtype == np.uint8 else counts.reshape(*x.shape, x.dtype.itemsize).sum(axis=-1, dtype=np.uint8)
 
 
-def hamming(query_bits, corpus_bits, block=65536):
-    """[q, m] Hamming distances (int32) between ubinary codes query_bits [q, B] and corpus_bits [m, B]: XOR and
-    popcount, a block of corpus rows at a time (bounded memory)."""
-    query_bits, corpus_bits = np.asarray(query_bits, np.uint8), np.asarray(corpus_bits, np.uint8)
-    out = np.empty((len(query_bits), len(corpus_bits)), np.int32)
-    for start in range(0, len(corpus_bits), block):
-        part = corpus_bits[start:start + block]
-        for i, q in enumerate(query_bits):
-            out[i, start:start + len(part)] = popcount(np.bitwise_xor(part, q)).sum(axis=1, dtype=np.int32)
+def as_ubinary(codes, precision):
+    """binary codes (int8, each byte - 128) as the ubinary bytes they stand for; ubinary ones as they are."""
+    codes = np.asarray(codes)
+    return (codes.astype(np.int16) + 128).astype(np.uint8) if precision == "binary" else codes.astype(np.uint8)
+
+
+def bit_words(codes, precision="ubinary"):
+    """binary / ubinary codes [m, B] -> [ceil(B / 8), m] uint64: the codes' bytes as 64-bit words (zero-padded), one
+    contiguous row for each word, the layout hamming() scans: each step XORs and counts one long row."""
+    codes = as_ubinary(codes, precision)
+    width = -(-codes.shape[1] // 8) * 8
+    padded = np.zeros((len(codes), width), np.uint8)
+    padded[:, :codes.shape[1]] = codes
+    return np.ascontiguousarray(padded.view(np.uint64).T)
+
+
+def hamming(query_bits, words, block=65536):
+    """[q, m] Hamming distances (uint16) between ubinary codes query_bits [q, B] and a corpus's bit_words [W, m]:
+    XOR and popcount, word by word, `block` corpus rows at a time (small buffers, reused)."""
+    query_words = bit_words(np.atleast_2d(query_bits)).T                # [q, W]
+    m = words.shape[1]
+    out = np.zeros((len(query_words), m), np.uint16)
+    xor, counts = np.empty(min(block, m), np.uint64), np.empty(min(block, m), np.uint8)
+    for i, q in enumerate(query_words):
+        for start in range(0, m, block):
+            end = min(start + block, m)
+            total, x, c = out[i, start:end], xor[:end - start], counts[:end - start]
+            for w in range(len(q)):
+                np.bitwise_xor(words[w, start:end], q[w], out=x)
+                if hasattr(np, "bitwise_count"):
+                    np.bitwise_count(x, out=c)
+                else:
+                    c[:] = popcount(x)
+                np.add(total, c, out=total)
     return out
+
+
+def smallest_k(distances, k):
+    """(indices [q, k], distances [q, k]) of each row's k smallest integer distances, nearest first, of equal ones
+    the lower index first: a count of each distance finds the k-th (distances are small: at most the bits)."""
+    distances = np.asarray(distances)
+    k = min(k, distances.shape[1])
+    indices = np.empty((len(distances), k), np.int64)
+    for i, row in enumerate(distances):
+        if k == 0:
+            break
+        kth = np.searchsorted(np.cumsum(np.bincount(row)), k)          # the smallest d with k rows at most d away
+        kept = np.flatnonzero(row <= kth)
+        indices[i] = kept[np.lexsort((kept, row[kept]))][:k]
+    return indices, np.take_along_axis(distances, indices, axis=1)
 
 
 def top_k(scores, k):
@@ -141,29 +183,27 @@ def top_k(scores, k):
     return indices, np.take_along_axis(scores, indices, axis=1)
 
 
-def compact_scores(queries, corpus, precision, ranges=None):
-    """Scores of float queries [q, H] against compact corpus codes, higher is closer: for int8 / uint8, the dot
-    product with the dequantized codes; for binary / ubinary, minus the Hamming distance between the queries'
-    bits and the codes (the queries binarized the same way)."""
-    queries = float_vectors(queries, "queries")
-    if precision in ("binary", "ubinary"):
-        corpus = np.asarray(corpus)
-        if precision == "binary":
-            corpus = (corpus.astype(np.int16) + 128).astype(np.uint8)
-        return -hamming(quantize(queries, "ubinary"), corpus)
-    if precision in ("int8", "uint8"):
-        return queries.astype(np.float32) @ dequantize(corpus, precision, ranges).T
-    return queries.astype(np.float32) @ np.asarray(corpus, np.float32).T
+def int8_scores(queries, codes, precision, ranges, block=65536):
+    """[q, m] dot products of the queries' int8 codes (quantized with the corpus's ranges) with the corpus's int8
+    codes (uint8 ones less 128, the same thing), computed in float32 a block of rows at a time: exact integers
+    (|sum| <= 128 * 128 * H < 2^24 for H <= 1024; float64 beyond)."""
+    exact = np.float32 if codes.shape[1] <= 1024 else np.float64
+    q = quantize(queries, "int8", ranges).astype(exact)
+    out = np.empty((len(q), len(codes)), exact)
+    for start in range(0, len(codes), block):
+        part = codes[start:start + block].astype(exact)
+        out[:, start:start + len(part)] = q @ (part if precision == "int8" else part - 128).T
+    return out
 
 
-def rescore(queries, candidates, corpus, precision, k, ranges=None, dim=None):
+def rescore(queries, candidates, corpus, precision, k, ranges=None):
     """Top-k again among each query's candidate rows [q, c] of the compact corpus, by the float query's dot product
     with the candidates' float form (int8 / uint8 dequantized, binary unpacked to +-1) -> (indices, scores)."""
     queries = np.asarray(queries, np.float32)
     candidates = np.asarray(candidates)
     rows = np.asarray(corpus)[candidates]                               # [q, c, B]
     if precision in ("binary", "ubinary"):
-        rows = unpack_signs(rows, dim or queries.shape[1], precision)
+        rows = unpack_signs(rows, queries.shape[1], precision)
     elif precision in ("int8", "uint8"):
         rows = dequantize(rows, precision, ranges)
     scores = np.einsum("qd,qcd->qc", queries, rows.astype(np.float32, copy=False))
@@ -171,11 +211,22 @@ def rescore(queries, candidates, corpus, precision, k, ranges=None, dim=None):
     return np.take_along_axis(candidates, order, axis=1), best
 
 
-def search(queries, corpus, precision, k, ranges=None, rescore_multiplier=None, dim=None):
-    """(indices [q, k], scores [q, k]) of the k best corpus rows for each float query, by compact_scores; with
-    rescore_multiplier m, the best m * k by those, then rescored (see rescore)."""
-    scores = compact_scores(queries, corpus, precision, ranges)
+def search(queries, corpus, precision, k, ranges=None, rescore_multiplier=None, words=None):
+    """(indices [q, k], scores [q, k]) of the k best corpus rows for each float query [q, H]: by Hamming distance of
+    the queries' bits for binary / ubinary codes (scores: minus the distance; words: the corpus's bit_words, made
+    here if not given), by int8_scores for int8 / uint8 ones, by dot product for float32 ones. With
+    rescore_multiplier m: the best m * k so, then rescored with the float queries (see rescore)."""
+    check_precision(precision)
+    queries = np.atleast_2d(float_vectors(queries, "queries"))
+    wanted = k * rescore_multiplier if rescore_multiplier else k
+    if precision in ("binary", "ubinary"):
+        words = bit_words(corpus, precision) if words is None else words
+        indices, distances = smallest_k(hamming(quantize(queries, "ubinary"), words), wanted)
+        scores = -distances.astype(np.int32)
+    elif precision in ("int8", "uint8"):
+        indices, scores = top_k(int8_scores(queries, np.asarray(corpus), precision, ranges), wanted)
+    else:
+        indices, scores = top_k(queries.astype(np.float32) @ np.asarray(corpus, np.float32).T, wanted)
     if not rescore_multiplier:
-        return top_k(scores, k)
-    candidates, _ = top_k(scores, k * rescore_multiplier)
-    return rescore(queries, candidates, corpus, precision, k, ranges, dim)
+        return indices, scores
+    return rescore(queries, indices, corpus, precision, k, ranges)

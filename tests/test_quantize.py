@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import e5np
-from e5np.quantize import (PRECISIONS, calibration_ranges, compact_scores, dequantize, hamming, popcount, rescore,
-                           search, top_k, unpack_signs)
+from e5np.quantize import (PRECISIONS, bit_words, calibration_ranges, dequantize, hamming, int8_scores, popcount,
+                           rescore, search, smallest_k, top_k, unpack_signs)
 from e5np import quantize as quantize_function
 
 
@@ -148,17 +148,41 @@ def test_other_bad_input():
         dequantize(np.zeros((2, 8), np.uint8), "binary", np.zeros((2, 8)))
 
 
-def test_popcount_and_hamming(monkeypatch):
-    rng = np.random.default_rng(0)
-    a, b = rng.integers(0, 256, (5, 48), dtype=np.uint8), rng.integers(0, 256, (70, 48), dtype=np.uint8)
+@pytest.mark.parametrize("width", [48, 3, 13])
+def test_popcount_and_hamming(monkeypatch, width):
+    rng = np.random.default_rng(width)
+    a, b = rng.integers(0, 256, (5, width), dtype=np.uint8), rng.integers(0, 256, (70, width), dtype=np.uint8)
     expected = (np.unpackbits(a, axis=1)[:, None, :] != np.unpackbits(b, axis=1)[None, :, :]).sum(axis=2)
-    np.testing.assert_array_equal(hamming(a, b, block=16), expected)
+    words = bit_words(b)
+    assert words.dtype == np.uint64 and words.shape == (-(-width // 8), 70)
+    np.testing.assert_array_equal(hamming(a, words, block=16), expected)
+    np.testing.assert_array_equal(hamming(a[0], words), expected[:1])
+    np.testing.assert_array_equal(bit_words((b.astype(np.int16) - 128).astype(np.int8), "binary"), words)
     x = np.arange(256, dtype=np.uint8)
     table = [bin(i).count("1") for i in range(256)]
     assert popcount(x).tolist() == table
+    w = rng.integers(0, 2**63, 100, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    w_counts = [bin(int(v)).count("1") for v in w]
+    assert popcount(w).tolist() == w_counts
     monkeypatch.delattr(np, "bitwise_count", raising=False)             # NumPy < 2.0: the lookup table
-    assert popcount(x).tolist() == table
-    np.testing.assert_array_equal(hamming(a, b), expected)
+    assert popcount(x).tolist() == table and popcount(w).tolist() == w_counts
+    np.testing.assert_array_equal(hamming(a, words), expected)
+
+
+def test_smallest_k():
+    distances = np.array([[5, 1, 3, 1, 0, 3, 7], [2, 2, 2, 2, 2, 2, 2]], np.uint16)
+    indices, nearest = smallest_k(distances, 4)
+    assert indices.tolist() == [[4, 1, 3, 2], [0, 1, 2, 3]] and nearest.tolist() == [[0, 1, 1, 3], [2, 2, 2, 2]]
+    assert smallest_k(distances, 20)[0].tolist()[0] == [4, 1, 3, 2, 5, 0, 6]
+
+
+def test_int8_scores_are_the_codes_dot_products():
+    corpus, q = unit_rows(40, 24, seed=3), unit_rows(3, 24, seed=4)
+    ranges = calibration_ranges(corpus)
+    codes = e5np.quantize(corpus, "int8", ranges)
+    expected = e5np.quantize(q, "int8", ranges).astype(np.int64) @ codes.astype(np.int64).T
+    np.testing.assert_array_equal(int8_scores(q, codes, "int8", ranges, block=7), expected)
+    np.testing.assert_array_equal(int8_scores(q, e5np.quantize(corpus, "uint8", ranges), "uint8", ranges), expected)
 
 
 def test_top_k_ties_and_order():
@@ -186,7 +210,7 @@ def test_rescoring_is_never_worse(minilm):
     for precision in ("int8", "uint8", "binary", "ubinary"):
         codes = e5np.quantize(corpus, precision, ranges)
         plain, _ = search(q, codes, precision, 10, ranges)
-        rescored, scores = search(q, codes, precision, 10, ranges, rescore_multiplier=4, dim=minilm.dim)
+        rescored, scores = search(q, codes, precision, 10, ranges, rescore_multiplier=4)
         assert recall(rescored) >= recall(plain), precision
         assert np.all(np.diff(scores, axis=1) <= 0)
     codes = e5np.quantize(corpus, "int8", ranges)
@@ -198,9 +222,10 @@ def test_rescore_uses_the_float_query():
     q = unit_rows(3, 16, seed=8)
     codes = e5np.quantize(corpus, "ubinary")
     candidates = np.tile(np.arange(50), (3, 1))
-    indices, scores = rescore(q, candidates, codes, "ubinary", 5, dim=16)
+    indices, scores = rescore(q, candidates, codes, "ubinary", 5)
     signs = np.where(corpus > 0, 1, -1).astype(np.float32)
     expected, expected_scores = top_k(q @ signs.T, 5)
     np.testing.assert_array_equal(indices, expected)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
-    np.testing.assert_array_equal(compact_scores(q, codes, "ubinary"), -hamming(e5np.quantize(q, "ubinary"), codes))
+    plain, distances = search(q, codes, "ubinary", 5)
+    np.testing.assert_array_equal(-distances, np.sort(hamming(e5np.quantize(q, "ubinary"), bit_words(codes)))[:, :5])
