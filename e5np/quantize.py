@@ -152,35 +152,35 @@ def hamming(query_bits, words, block=65536):
     return out
 
 
+def select(values, k, keep, largest):
+    """(indices [q, k], values [q, k]) of each row's k largest (or smallest) values, best first, of equal ones the
+    lower index first: keep(row, k) gives the row's candidates, the k best and any ties with the k-th."""
+    values = np.asarray(values)
+    k = min(k, values.shape[1])
+    indices = np.empty((len(values), k), np.int64)
+    for i, row in enumerate(values if k else ()):
+        kept = keep(row, k)
+        indices[i] = kept[np.lexsort((kept, -row[kept] if largest else row[kept]))][:k]
+    return indices, np.take_along_axis(values, indices, axis=1)
+
+
 def smallest_k(distances, k):
     """(indices [q, k], distances [q, k]) of each row's k smallest integer distances, nearest first, of equal ones
     the lower index first: a count of each distance finds the k-th (distances are small: at most the bits)."""
-    distances = np.asarray(distances)
-    k = min(k, distances.shape[1])
-    indices = np.empty((len(distances), k), np.int64)
-    for i, row in enumerate(distances):
-        if k == 0:
-            break
+    def keep(row, k):
         kth = np.searchsorted(np.cumsum(np.bincount(row)), k)          # the smallest d with k rows at most d away
-        kept = np.flatnonzero(row <= kth)
-        indices[i] = kept[np.lexsort((kept, row[kept]))][:k]
-    return indices, np.take_along_axis(distances, indices, axis=1)
+        return np.flatnonzero(row <= kth)
+    return select(distances, k, keep, largest=False)
 
 
 def top_k(scores, k):
     """(indices [q, k], scores [q, k]) of each row's k highest scores, best first; of equal scores the lower index
     first (at the k-th place too: which rows are kept does not hang on the sort)."""
-    scores = np.asarray(scores)
-    k = min(k, scores.shape[1])
-    indices = np.empty((len(scores), k), np.int64)
-    for i, row in enumerate(scores):
-        if k == 0:
-            break
+    def keep(row, k):
         kth = -np.partition(-row, k - 1)[k - 1] if k < len(row) else row.min()
         above = np.flatnonzero(row > kth)
-        kept = np.concatenate([above, np.flatnonzero(row == kth)[:k - len(above)]])
-        indices[i] = kept[np.lexsort((kept, -row[kept]))]
-    return indices, np.take_along_axis(scores, indices, axis=1)
+        return np.concatenate([above, np.flatnonzero(row == kth)[:k - len(above)]])
+    return select(scores, k, keep, largest=True)
 
 
 def int8_scores(queries, codes, precision, ranges, block=65536):
