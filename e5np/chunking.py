@@ -24,6 +24,8 @@ mean_sqrt_len) is refused; Model.encode_chunks gives its windows' vectors, to co
 """
 
 import copy
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +35,7 @@ from .options import integer
 from .tokenizer import not_unicode
 
 CHUNKINGS = ("mean",)
-# The default overlap: this fraction of the text tokens a window holds (63 of e5-small's 507 for a passage).
+# The default overlap: 1/8 of the text tokens a window holds (63 of the 508 of an e5-small passage window).
 DEFAULT_OVERLAP_FRACTION = 8
 # Texts tokenized and embedded at a time (bounded memory): this many texts, or fewer holding this many characters.
 GROUP_TEXTS = 4096
@@ -74,10 +76,11 @@ def check_chunk_pooling(pooling):
 
 
 class Splitter:
-    """Cuts a model's texts into windows (see the module's doc). prefix: added before each text."""
+    """Cuts a model's texts into windows (see the module's doc). prefix: added before each text.
+    tokenizer: one that neither truncates nor pads (see untruncated)."""
 
     def __init__(self, tokenizer, max_length, prefix="", chunk_overlap=None):
-        self.tokenizer = untruncated(tokenizer)
+        self.tokenizer = tokenizer
         self.max_length, self.prefix = max_length, prefix
         specials = self.tokenizer.num_special_tokens_to_add(False)
         prefix_tokens = len(self.tokenizer.encode(prefix, add_special_tokens=False).ids) if prefix else 0
@@ -153,6 +156,21 @@ def untruncated(tokenizer):
     return tokenizer
 
 
+_untruncated = weakref.WeakKeyDictionary()                             # model -> (its tokenizer, the copy)
+_untruncated_lock = threading.Lock()
+
+
+def model_splitter(model, prefix, chunk_overlap):
+    """A Splitter for the model's texts, its tokenizer's untruncated copy made once a model (a copy takes ~0.1 s
+    for a 30,000-token vocabulary), and again if model.tokenizer is replaced."""
+    with _untruncated_lock:
+        tokenizer, copied = _untruncated.get(model, (None, None))
+        if tokenizer is not model.tokenizer:
+            copied = untruncated(model.tokenizer)
+            _untruncated[model] = (model.tokenizer, copied)
+    return Splitter(copied, model.max_length, prefix, chunk_overlap)
+
+
 def groups(texts):
     """Slices of texts to tokenize and embed at a time: at most GROUP_TEXTS texts or GROUP_CHARS characters (or one
     longer text)."""
@@ -178,7 +196,7 @@ def mean_of_windows(model, texts, prefix, chunk_overlap, normalize, batch_size, 
     """(vectors [n, H] in the model's dtype, token counts [n]: the tokens embedded, windows' overlaps counted in
     each), chunking="mean" (see the module's doc)."""
     check_chunk_pooling(model.pooling)
-    splitter = Splitter(model.tokenizer, model.max_length, prefix, chunk_overlap)
+    splitter = model_splitter(model, prefix, chunk_overlap)
     vectors, counts = np.empty((len(texts), model.dim), model.dtype), np.zeros(len(texts), np.int64)
     for part in groups(texts):
         windows = splitter.split(texts[part])
@@ -200,7 +218,7 @@ def mean_of_windows(model, texts, prefix, chunk_overlap, normalize, batch_size, 
 
 def chunks_of(model, texts, prefix, chunk_overlap, normalize, batch_size, threads, progress=None):
     """Each text's Chunks (see Model.encode_chunks)."""
-    splitter = Splitter(model.tokenizer, model.max_length, prefix, chunk_overlap)
+    splitter = model_splitter(model, prefix, chunk_overlap)
     result = []
     for part in groups(texts):
         windows = splitter.split(texts[part])

@@ -233,6 +233,7 @@ class Model:
         embedded whole, as overlapping windows of max_length tokens, each with the prefix and special tokens,
         whose mean-pooled vectors are averaged, weighted by their token counts (e5np.chunking tells exactly;
         attention never crosses windows; mean-pooling models only). A text that fits gets the same vector.
+        Nothing is truncated then, so `truncation` has nothing to do.
         chunk_overlap: tokens consecutive windows share (default 1/8 of the text tokens a window holds).
         precision: None (the model's dtype), "float32", "int8", "uint8", "binary" or "ubinary": the vectors as
         e5np.quantize gives them (sentence-transformers' quantize_embeddings, byte for byte); int8 / uint8 take

@@ -133,15 +133,17 @@ def bit_words(codes, precision="ubinary"):
 
 def hamming(query_bits, words, block=65536):
     """[q, m] Hamming distances (uint16) between ubinary codes query_bits [q, B] and a corpus's bit_words [W, m]:
-    XOR and popcount, word by word, `block` corpus rows at a time (small buffers, reused)."""
+    XOR and popcount, word by word, `block` corpus rows at a time (small buffers, reused; a block serves every
+    query while it is in cache)."""
     query_words = bit_words(np.atleast_2d(query_bits)).T                # [q, W]
     m = words.shape[1]
     out = np.zeros((len(query_words), m), np.uint16)
     xor, counts = np.empty(min(block, m), np.uint64), np.empty(min(block, m), np.uint8)
-    for i, q in enumerate(query_words):
-        for start in range(0, m, block):
-            end = min(start + block, m)
-            total, x, c = out[i, start:end], xor[:end - start], counts[:end - start]
+    for start in range(0, m, block):
+        end = min(start + block, m)
+        x, c = xor[:end - start], counts[:end - start]
+        for i, q in enumerate(query_words):
+            total = out[i, start:end]
             for w in range(len(q)):
                 np.bitwise_xor(words[w, start:end], q[w], out=x)
                 if hasattr(np, "bitwise_count"):
@@ -183,16 +185,21 @@ def top_k(scores, k):
     return select(scores, k, keep, largest=True)
 
 
-def int8_scores(queries, codes, precision, ranges, block=65536):
+def int8_scores(queries, codes, precision, ranges, block=2048):
     """[q, m] dot products of the queries' int8 codes (quantized with the corpus's ranges) with the corpus's int8
-    codes (uint8 ones less 128, the same thing), computed in float32 a block of rows at a time: exact integers
-    (|sum| <= 128 * 128 * H < 2^24 for H <= 1024; float64 beyond)."""
+    codes (uint8 ones less 128, the same thing), computed in float32 a block of rows at a time (converted into one
+    reused buffer that stays in cache): exact integers (|sum| <= 128 * 128 * H <= 2^24 for H <= 1024; float64
+    beyond)."""
     exact = np.float32 if codes.shape[1] <= 1024 else np.float64
     q = quantize(queries, "int8", ranges).astype(exact)
     out = np.empty((len(q), len(codes)), exact)
+    buffer = np.empty((min(block, len(codes)), codes.shape[1]), exact)
     for start in range(0, len(codes), block):
-        part = codes[start:start + block].astype(exact)
-        out[:, start:start + len(part)] = q @ (part if precision == "int8" else part - 128).T
+        part = buffer[:len(codes[start:start + block])]
+        part[...] = codes[start:start + block]
+        if precision == "uint8":
+            part -= 128
+        out[:, start:start + len(part)] = q @ part.T
     return out
 
 

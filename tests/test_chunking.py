@@ -121,6 +121,9 @@ def test_bit_identical_alone(tiny):
     np.testing.assert_array_equal(tiny.encode(text, chunking="mean"), tiny.encode(text))
     np.testing.assert_array_equal(tiny.encode([text], chunking="mean", normalize=False),
                                   tiny.encode([text], normalize=False))
+    assert tiny.tokenizer.truncation["max_length"] == tiny.max_length   # the model's own tokenizer untouched
+    with pytest.warns(e5np.TruncationWarning):
+        tiny.encode([LONG_TEXT])
 
 
 @pytest.mark.parametrize("prefix", ["", "passage: "])
@@ -166,9 +169,9 @@ def test_sentencepiece_windows_keep_the_prefix(load_model):
     text = " ".join(f"Sentence {i} über Straßen." for i in range(200))
     tokenizer = raw_tokenizer(model)
     whole = tokenizer.encode("query: " + text).ids
-    from e5np.chunking import Splitter
+    from e5np.chunking import Splitter, untruncated
 
-    windows = Splitter(model.tokenizer, model.max_length, "query: ", 16).split([text])[0]
+    windows = Splitter(untruncated(model.tokenizer), model.max_length, "query: ", 16).split([text])[0]
     assert len(windows.token_ids) > 2
     prefix_ids = whole[1:5]                                           # "▁qu", "er", "y", ":"
     assert tokenizer.decode(prefix_ids) == "query:"
