@@ -31,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import bert
-from .options import integer
+from .options import check_flag, check_positive_int, integer
+from .prefixes import check_prefix
 from .tokenizer import not_unicode
 
 CHUNKINGS = ("mean",)
@@ -135,6 +136,18 @@ class Splitter:
             if end == n:
                 return Windows(windows, spans)
             start = end - self.overlap
+
+
+def chunk_options(model, kind, prefix, chunk_overlap, normalize, batch_size, threads):
+    """(prefix, chunk_overlap, normalize, batch_size, threads), checked, as mean_of_windows and chunks_of take them:
+    the model's prefix for `kind` unless `prefix` is given, its defaults for None."""
+    if kind is not None and prefix is not None:
+        raise ValueError("give kind or prefix, not both")
+    prefix = model.prefix(kind) if prefix is None else prefix
+    check_prefix("prefix", prefix)
+    normalize = model.normalize if normalize is None else check_flag("normalize", normalize)
+    threads = model.threads if threads is None else check_positive_int("threads", threads)
+    return prefix, chunk_overlap, normalize, check_positive_int("batch_size", batch_size), threads
 
 
 def check_overlap(chunk_overlap, room, max_length):

@@ -15,7 +15,7 @@ import numpy as np
 from . import bert
 from .batching import length_batches, run_batches
 from .checkpoint import load_config, load_default_prompt, load_prompts, load_sentence_transformers_head, load_weights
-from .chunking import check_chunk_pooling, check_chunking, chunks_of, mean_of_windows
+from .chunking import check_chunk_pooling, check_chunking, chunk_options, chunks_of, mean_of_windows
 from .hub import resolve
 from .options import DTYPES, as_text_list, check_flag, check_positive_int, check_truncation, dtype_name, integer
 from .prefixes import check_kind, check_prefix, check_prefixes, e5_prefixes
@@ -242,6 +242,7 @@ class Model:
         texts, single = as_text_list(texts)
         show_progress_bar = check_flag("show_progress_bar", show_progress_bar)
         check_chunking(chunking, chunk_overlap)
+        check_truncation(truncation)
         if precision is not None:
             check_precision(precision)
             if ranges is not None:
@@ -253,21 +254,11 @@ class Model:
                 vectors = self.embed(texts, prefix=prefix, normalize=normalize, batch_size=batch_size,
                                      truncation=truncation, threads=threads, progress=bar.update).vectors
             else:
-                vectors, _ = mean_of_windows(self, texts, *self._chunk_options(
-                    None, prefix, chunk_overlap, normalize, batch_size, threads), progress=bar.update)
+                vectors, _ = mean_of_windows(self, texts, *chunk_options(self, None, prefix, chunk_overlap, normalize,
+                                                                         batch_size, threads), progress=bar.update)
         if precision is not None:
             vectors = quantize(vectors, precision, ranges)
         return vectors[0] if single else vectors
-
-    def _chunk_options(self, kind, prefix, chunk_overlap, normalize, batch_size, threads):
-        """(prefix, chunk_overlap, normalize, batch_size, threads), checked, as e5np.chunking takes them."""
-        if kind is not None and prefix is not None:
-            raise ValueError("give kind or prefix, not both")
-        prefix = self.prefix(kind) if prefix is None else prefix
-        check_prefix("prefix", prefix)
-        normalize = self.normalize if normalize is None else check_flag("normalize", normalize)
-        threads = self.threads if threads is None else check_positive_int("threads", threads)
-        return prefix, chunk_overlap, normalize, check_positive_int("batch_size", batch_size), threads
 
     def encode_chunks(self, texts, *, kind=None, prefix=None, chunk_overlap=None, normalize=None, batch_size=32,
                       threads=None, show_progress_bar=False):
@@ -283,8 +274,8 @@ class Model:
         texts, single = as_text_list(texts)
         show_progress_bar = check_flag("show_progress_bar", show_progress_bar)
         with progress_bar(len(texts), show_progress_bar) as bar:
-            result = chunks_of(self, texts, *self._chunk_options(kind, prefix, chunk_overlap, normalize,
-                                                                        batch_size, threads), progress=bar.update)
+            result = chunks_of(self, texts, *chunk_options(self, kind, prefix, chunk_overlap, normalize, batch_size,
+                                                           threads), progress=bar.update)
         return result[0] if single else result
 
     def _tokenized_windows(self, texts):
