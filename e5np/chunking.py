@@ -33,7 +33,7 @@ import numpy as np
 from . import bert
 from .options import check_flag, check_positive_int, integer
 from .prefixes import check_prefix
-from .tokenizer import not_unicode
+from .tokenizer import load_tokenizer, not_unicode
 
 CHUNKINGS = ("mean",)
 # The default overlap: 1/8 of the text tokens a window holds (63 of the 508 of an e5-small passage window).
@@ -161,12 +161,23 @@ def check_overlap(chunk_overlap, room, max_length):
     return overlap
 
 
-def untruncated(tokenizer):
-    """A copy of the tokenizer that neither truncates nor pads."""
-    tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
+PROBE = "Probe: Ünïcode, 数字 123 [CLS] text."
+
+
+def untruncated(tokenizer, directory=None, max_length=None):
+    """A copy of the tokenizer that neither truncates nor pads: made again from the checkpoint's files as load()
+    made it, when `directory` is given and that gives the same tokens, else a deep copy (which serializes it:
+    tokenizers < 0.20 then print a warning on stdout for a vocabulary with holes in its ids)."""
+    copied = None
+    if directory is not None:
+        copied = load_tokenizer(directory, max_length)
+        same = (copied.get_vocab_size(True) == tokenizer.get_vocab_size(True) and
+                copied.encode(PROBE).ids == tokenizer.encode(PROBE).ids)
+        copied = copied if same else None
+    copied = copied or copy.deepcopy(tokenizer)
+    copied.no_truncation()
+    copied.no_padding()
+    return copied
 
 
 _untruncated = weakref.WeakKeyDictionary()                             # model -> (its tokenizer, the copy)
@@ -175,11 +186,11 @@ _untruncated_lock = threading.Lock()
 
 def model_splitter(model, prefix, chunk_overlap):
     """A Splitter for the model's texts, its tokenizer's untruncated copy made once a model (a copy takes ~0.1 s
-    for a 30,000-token vocabulary), and again if model.tokenizer is replaced."""
+    for a 30,000-token vocabulary), and again when model.tokenizer is replaced."""
     with _untruncated_lock:
         tokenizer, copied = _untruncated.get(model, (None, None))
         if tokenizer is not model.tokenizer:
-            copied = untruncated(model.tokenizer)
+            copied = untruncated(model.tokenizer, model.directory, model.max_length)
             _untruncated[model] = (model.tokenizer, copied)
     return Splitter(copied, model.max_length, prefix, chunk_overlap)
 
