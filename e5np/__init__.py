@@ -8,11 +8,13 @@
 """
 
 from .checkpoint import BertConfig, CheckpointError
+from .chunking import Chunks
 from .hub import ModelNotFoundError
 from .index import Index, IndexFormatError, IndexLockedError, IndexStateError, IndexWarning, ModelMismatchWarning
 from .model import Embedded, Forward, Model, TruncationError, TruncationWarning, load
+from .quantize import calibration_ranges, quantize
 
 __version__ = "0.1.0"
 __all__ = ["load", "Model", "Embedded", "Forward", "BertConfig", "CheckpointError", "ModelNotFoundError",
            "TruncationError", "TruncationWarning", "Index", "IndexFormatError", "IndexStateError", "IndexLockedError",
-           "IndexWarning", "ModelMismatchWarning"]
+           "IndexWarning", "ModelMismatchWarning", "Chunks", "quantize", "calibration_ranges"]

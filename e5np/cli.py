@@ -111,7 +111,8 @@ def cmd_embed(args):
     if not is_stdout(args.output):
         refuse_to_overwrite_input([args.output], None if args.texts else args.input or "-")
     model = load_model(args)
-    embed_stream(choose_encoder(model, args), source, writer(args.output, model.dim), args)
+    encode, width, dtype = compact_encoder(model, args)
+    embed_stream(encode, source, writer(args.output, width, dtype=dtype), args)
     return 0
 
 
@@ -145,6 +146,35 @@ def root_cause(error):
     ours = [line.split(": ", 1)[1] for line in lines
             if re.match(r"\s*(\w+\.)*(ValueError|KeyError|TypeError|FormatError): ", line)]
     return ours[-1].strip() if ours else lines[0] if lines else type(error).__name__
+
+
+def compact_encoder(model, args):
+    """(encode, row width, .npy dtype) for embed's --chunking, --chunk-overlap, --precision and --ranges, checked
+    (by an encode of no texts) before any text is read."""
+    import numpy as np
+
+    from .quantize import check_ranges
+
+    precision, ranges = args.precision, None
+    if args.ranges is not None:
+        if precision not in ("int8", "uint8"):
+            raise CliError("--ranges is for --precision int8 or uint8")
+        try:
+            ranges = check_ranges(np.load(args.ranges, allow_pickle=False), model.dim)
+        except (OSError, ValueError, TypeError) as e:
+            raise CliError(f"--ranges {args.ranges}: {e}") from None
+    elif precision in ("int8", "uint8"):
+        raise CliError(f"--precision {precision} needs --ranges RANGES.npy: each dimension's min and max, shape "
+                       f"[2, {model.dim}] (np.save(path, e5np.calibration_ranges(vectors)) of calibration vectors), "
+                       "the same for every vector compared (ranges from each streamed chunk would differ)")
+    encode = functools.partial(choose_encoder(model, args), chunking=args.chunking, chunk_overlap=args.chunk_overlap,
+                               precision=None if precision == "float32" else precision, ranges=ranges)
+    try:
+        encode([])
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    width = -(-model.dim // 8) if precision in ("binary", "ubinary") else model.dim
+    return encode, width, {"int8": "i1", "uint8": "u1", "binary": "i1", "ubinary": "u1"}.get(precision, "<f4")
 
 
 def embed_stream(encode, texts, writer, args):
@@ -347,6 +377,17 @@ def build_parser():
                        help="run as a Ray Data job on the cluster at ADDRESS (default: RAY_ADDRESS's, else a local one):"
                             " --input Parquet (a file, directory or glob), .jsonl or .txt; --output a directory of "
                             "Parquet files with an embedding column. Needs pip install 'e5np[ray]'")
+    embed.add_argument("--chunking", choices=["mean"],
+                       help="embed a text longer than the model's limit whole: overlapping windows of max length "
+                            "tokens, their vectors averaged by token count (default: truncate it)")
+    embed.add_argument("--chunk-overlap", type=int, metavar="N",
+                       help="with --chunking: tokens consecutive windows share (default 1/8 of a window's text tokens)")
+    embed.add_argument("--precision", choices=["float32", "int8", "uint8", "binary", "ubinary"], default="float32",
+                       help="the vectors as float32 (default), int8 / uint8 (one byte a dimension; needs --ranges) or "
+                            "binary / ubinary (one bit a dimension, packed 8 to a byte), as sentence-transformers' "
+                            "quantize_embeddings makes them; .npy int8 / uint8, JSON integers")
+    embed.add_argument("--ranges", metavar="RANGES.npy",
+                       help="int8 / uint8: each dimension's min and max, a [2, dim] .npy")
     embed.set_defaults(run=cmd_embed)
 
     search = sub.add_parser("search", help="build a search index, or query one", description=(

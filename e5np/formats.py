@@ -291,9 +291,9 @@ def chunks(iterable, size=CHUNK):
 NPY_HEADER_BYTES = 128  # magic, version, length, the dict padded: room for any row count, rewritten in place
 
 
-def npy_header(rows, dim):
-    """The .npy (version 1.0) header of a [rows, dim] float32 array, always NPY_HEADER_BYTES long."""
-    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+def npy_header(rows, dim, dtype="<f4"):
+    """The .npy (version 1.0) header of a [rows, dim] array (float32 unless told), always NPY_HEADER_BYTES long."""
+    text = f"{{'descr': '{np.dtype(dtype).str}', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
     text = text.ljust(NPY_HEADER_BYTES - 10 - 1) + "\n"               # 10 bytes before it; a newline ends it
     return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
 
@@ -329,13 +329,14 @@ class Writer:
 
     A file output always ends at a chunk's end: after Ctrl-C or a failed write, close() cuts off the part of a
     chunk that was cut short. A writer class has `name` and `suffixes` (see register_writer) and makes each
-    chunk's bytes (encode); a format whose file has a header (.npy) rewrites it in commit().
+    chunk's bytes (encode); a format whose file has a header (.npy) rewrites it in commit(). dtype: the vectors'
+    (float32 unless told; int8 / uint8 for compact vectors, see e5np.quantize), for formats that store it.
     """
 
     name, suffixes = None, ()
 
-    def __init__(self, output, dim, append=False):
-        self.dim, self.rows = dim, 0
+    def __init__(self, output, dim, append=False, dtype="<f4"):
+        self.dim, self.rows, self.dtype = dim, 0, np.dtype(dtype)
         if is_stdout(output):
             sys.stdout.flush()                                         # (the chunks go to its bytes underneath)
             self.output, self.file = "stdout", getattr(sys.stdout, "buffer", None) or TextSink(sys.stdout)
@@ -405,35 +406,36 @@ class Writer:
 
 @register_writer
 class NpyWriter(Writer):
-    """Rows appended to a [rows, dim] float32 .npy whose header holds the row count and is rewritten after each
-    chunk's rows, so the file is at every moment a valid .npy of the rows written so far (even after a kill), and
+    """Rows appended to a [rows, dim] .npy (float32, or the writer's dtype) whose header holds the row count and is
+    rewritten after each chunk's rows, so the file is at every moment a valid .npy of the rows written so far (even after a kill), and
     nothing is copied at the end. `append` continues a .npy this writer made (see index.IndexWriter)."""
 
     name, suffixes = "npy", (".npy",)
 
-    def __init__(self, output, dim, append=False):
-        super().__init__(output, dim, append)
+    def __init__(self, output, dim, append=False, dtype="<f4"):
+        super().__init__(output, dim, append, dtype)
         if not self.regular:
             raise FormatError(f"{self.output}: not a regular file, which a .npy output must be (its header is "
                               "rewritten)")
 
     def rows_written(self):
-        """The rows of the .npy being appended to; FormatError unless it is a [rows, dim] float32 this writer made."""
+        """The rows of the .npy being appended to; FormatError unless it is a [rows, dim] one of the writer's dtype
+        that this writer made."""
         try:
             if np.lib.format.read_magic(self.file) != (1, 0):
                 raise ValueError("a .npy version e5np does not write")
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(self.file)
         except ValueError as e:
             raise FormatError(f"{self.output}: not a .npy file of e5np's ({e})") from None
-        if self.file.tell() != NPY_HEADER_BYTES or dtype != np.dtype("<f4") or fortran or shape[1:] != (self.dim,):
-            raise FormatError(f"{self.output}: not a [rows, {self.dim}] float32 .npy written by e5np")
+        if self.file.tell() != NPY_HEADER_BYTES or dtype != self.dtype or fortran or shape[1:] != (self.dim,):
+            raise FormatError(f"{self.output}: not a [rows, {self.dim}] {self.dtype} .npy written by e5np")
         return shape[0]
 
     def start(self):
-        return NPY_HEADER_BYTES + 4 * self.rows * self.dim
+        return NPY_HEADER_BYTES + self.dtype.itemsize * self.rows * self.dim
 
     def encode(self, records, vectors):
-        return np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+        return np.ascontiguousarray(vectors, dtype=self.dtype).tobytes()
 
     def commit(self):
         """The header says self.rows, written after the rows themselves and both flushed, so that it never counts
@@ -443,7 +445,7 @@ class NpyWriter(Writer):
             return
         try:
             self.file.seek(0)
-            self.file.write(npy_header(self.rows, self.dim))
+            self.file.write(npy_header(self.rows, self.dim, self.dtype))
             self.file.flush()
             self.file.seek(self.ends[self.rows])
         except OSError as e:

@@ -15,9 +15,11 @@ import numpy as np
 from . import engine, reference
 from .batching import length_batches, run_batches
 from .checkpoint import load_config, load_default_prompt, load_prompts, load_sentence_transformers_head, load_weights
+from .chunking import check_chunk_pooling, check_chunking, chunk_options, chunks_of, mean_of_windows
 from .hub import resolve
 from .options import DTYPES, as_text_list, check_flag, check_positive_int, check_truncation, dtype_name, integer
 from .prefixes import check_kind, check_prefix, check_prefixes, e5_prefixes
+from .quantize import check_precision, check_ranges, quantize
 from .runtime import available_cpus
 from .tokenizer import (TokenBatch, encode_batch, load_tokenizer, model_max_length, not_unicode, overflowing, pad_ids,
                         tokenize)
@@ -219,7 +221,7 @@ class Model:
         return run_batches(embed, batches, out, threads, progress)
 
     def encode(self, texts, *, batch_size=32, normalize=None, truncation="warn", threads=None,
-               show_progress_bar=False, prefix=None):
+               show_progress_bar=False, prefix=None, chunking=None, chunk_overlap=None, precision=None, ranges=None):
         """Embed texts: a str gives a [H] vector, a list of n strs an [n, H] array (float32 by default).
 
         Texts are batched by token length and returned in input order (see embed).
@@ -230,13 +232,54 @@ class Model:
         show_progress_bar: a tqdm bar on stderr counting the texts embedded, batch by batch.
         prefix: added to each text (default self.default_prefix: the prompt a sentence-transformers checkpoint
         names as its default_prompt_name, as sentence-transformers' encode adds it; "" for most models, E5 too).
+        chunking: None (a long text loses its tail, see truncation) or "mean": a text longer than max_length is
+        embedded whole, as overlapping windows of max_length tokens, each with the prefix and special tokens,
+        whose mean-pooled vectors are averaged, weighted by their token counts (e5np.chunking tells exactly;
+        attention never crosses windows; mean-pooling models only). A text that fits gets the same vector.
+        Nothing is truncated then, so `truncation` has nothing to do.
+        chunk_overlap: tokens consecutive windows share (default 1/8 of the text tokens a window holds).
+        precision: None (the model's dtype), "float32", "int8", "uint8", "binary" or "ubinary": the vectors as
+        e5np.quantize gives them (sentence-transformers' quantize_embeddings, byte for byte); int8 / uint8 take
+        ranges [2, H], each dimension's min and max (e5np.calibration_ranges), else those of these vectors.
+        """
+        texts, single = as_text_list(texts)
+        show_progress_bar = check_flag("show_progress_bar", show_progress_bar)
+        check_chunking(chunking, chunk_overlap)
+        check_truncation(truncation)
+        if precision is not None:
+            check_precision(precision)
+            if ranges is not None:
+                check_ranges(ranges, self.dim)
+        if chunking is not None:
+            check_chunk_pooling(self.pooling)
+        with progress_bar(len(texts), show_progress_bar) as bar:
+            if chunking is None:
+                vectors = self.embed(texts, prefix=prefix, normalize=normalize, batch_size=batch_size,
+                                     truncation=truncation, threads=threads, progress=bar.update).vectors
+            else:
+                vectors, _ = mean_of_windows(self, texts, *chunk_options(self, None, prefix, chunk_overlap, normalize,
+                                                                         batch_size, threads), progress=bar.update)
+        if precision is not None:
+            vectors = quantize(vectors, precision, ranges)
+        return vectors[0] if single else vectors
+
+    def encode_chunks(self, texts, *, kind=None, prefix=None, chunk_overlap=None, normalize=None, batch_size=32,
+                      threads=None, show_progress_bar=False):
+        """Each text's windows: a str gives one e5np.chunking.Chunks, a list of n strs a list of n.
+
+        Chunks(vectors [k, H], spans, token_counts [k]): the vectors of the k windows a text is cut into (as
+        encode(chunking="mean") cuts it: one window for a text that fits in max_length, whose vector is encode()'s),
+        each pooled as the model pools (normalized if it normalizes), and spans[i] = (start, end), the characters
+        text[start:end] window i covers in the text as given (without its prefix).
+        kind / prefix: as embed() takes them ("query", "passage"; default the model's default prefix).
+        chunk_overlap: tokens consecutive windows share (default 1/8 of the text tokens a window holds).
         """
         texts, single = as_text_list(texts)
         show_progress_bar = check_flag("show_progress_bar", show_progress_bar)
         with progress_bar(len(texts), show_progress_bar) as bar:
-            vectors = self.embed(texts, prefix=prefix, normalize=normalize, batch_size=batch_size,
-                                 truncation=truncation, threads=threads, progress=bar.update).vectors
-        return vectors[0] if single else vectors
+            result = chunks_of(self, texts, *chunk_options(self, kind, prefix, chunk_overlap, normalize, batch_size,
+                                                           threads), progress=bar.update)
+        return result[0] if single else result
 
     def _tokenized_windows(self, texts):
         """(start, encodings of texts[start:start + ENCODE_WINDOW]) for each window: bounded memory."""
