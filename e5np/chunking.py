@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import bert
+from .reference import l2_normalize
 from .options import check_flag, check_positive_int, integer
 from .prefixes import check_prefix
 from .tokenizer import load_tokenizer, not_unicode
@@ -231,10 +231,10 @@ def mean_of_windows(model, texts, prefix, chunk_overlap, normalize, batch_size, 
             weights = np.array([len(ids) for ids in w.token_ids], np.int64)
             counts[part.start + i] = weights.sum()
             if len(rows) == 1:                                         # today's vector, bit for bit
-                out[i] = bert.l2_normalize(rows)[0] if normalize else rows[0]
+                out[i] = l2_normalize(rows)[0] if normalize else rows[0]
                 continue
             mean = (rows.astype(np.float64) * weights[:, None]).sum(axis=0) / weights.sum()
-            out[i] = bert.l2_normalize(mean) if normalize else mean
+            out[i] = l2_normalize(mean) if normalize else mean
         if progress is not None:
             progress(part.stop - part.start)
     return vectors, counts
