@@ -80,6 +80,7 @@ def test_every_code_block_is_run_or_says_why_not():
 
 def test_every_example_has_its_test():
     tested = {"quickstart-python", "quickstart-cli", "offline", "cli", "server", "api", "forward", "index",
+              "long-texts", "compact-vectors",
               "langchain", "llama-index", "chroma"}                # the last three: tests/test_integrations_docs.py
     assert set(EXAMPLES) == tested
 
@@ -148,6 +149,23 @@ def test_index_example_runs(tmp_path, monkeypatch, capsys):
     assert float(first.split()[0]) >= float(second.split()[0])
     with e5np.Index.open(tmp_path / "my-index") as index:
         assert len(index) == 2 and index.dim == e5np.load(TINY_DIR).dim
+
+
+def test_long_texts_example_runs(tmp_path, monkeypatch, capsys):
+    namespace = run_python("long-texts", tmp_path, monkeypatch)
+    chunks, model = namespace["chunks"], namespace["model"]
+    assert len(chunks.vectors) > 1 and len(capsys.readouterr().out.splitlines()) == len(chunks.vectors)
+    assert chunks.spans[0][0] == 0 and chunks.spans[-1][1] == len(namespace["long_text"])
+    assert namespace["vector"].shape == (model.dim,)
+
+
+def test_compact_vectors_example_runs(tmp_path, monkeypatch):
+    namespace = run_python("compact-vectors", tmp_path, monkeypatch)
+    dim = namespace["model"].dim
+    assert namespace["codes"].dtype.name == "int8" and namespace["codes"].shape == (3, dim)
+    assert namespace["bits"].dtype.name == "uint8" and namespace["bits"].shape == (3, dim // 8)
+    np.testing.assert_array_equal(namespace["codes"], e5np.quantize(namespace["passages"], "int8",
+                                                                     ranges=namespace["ranges"]))
 
 
 def test_api_example_runs(tmp_path, monkeypatch):
