@@ -66,7 +66,8 @@ def test_registered_and_rebuilt_from_its_config(prompted_dir):  # noqa: F811
     assert not function.is_legacy()
     config = function.get_config()
     assert config == {"model": str(prompted_dir), "threads": None, "max_length": 64, "dtype": None, "prefixes": None,
-                      "batch_size": 8, "normalize": False, "truncation": "ignore"}
+                      "batch_size": 8, "normalize": False, "truncation": "ignore", "chunking": None,
+                      "chunk_overlap": None}
     rebuilt = config_to_embedding_function({"name": "e5np", "config": config})
     assert rebuilt.get_config() == config and rebuilt.e5np_model is function.e5np_model
     assert function.default_space() == "cosine" and "cosine" in function.supported_spaces()

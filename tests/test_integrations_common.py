@@ -94,10 +94,24 @@ def test_encoder_takes_a_loaded_model():
 
 
 @pytest.mark.parametrize("options, error", [({"batch_size": 0}, ValueError), ({"truncation": "cut"}, ValueError),
-                                            ({"normalize": "no"}, TypeError), ({"model": 3}, TypeError)])
+                                            ({"normalize": "no"}, TypeError), ({"model": 3}, TypeError),
+                                            ({"chunking": "max"}, ValueError),
+                                            ({"chunking": "mean", "chunk_overlap": 0}, ValueError)])
 def test_encoder_refuses_bad_options(options, error):
     with pytest.raises(error):
         integrations.Encoder(**{"model": TINY_DIR, **options})
+
+
+def test_chunking_embeds_a_long_text_whole_as_encode_does(e5_named_dir):  # noqa: F811
+    """A RAG framework's documents are often longer than the model reads: chunking="mean" reaches encode."""
+    model = e5np.load(e5_named_dir)
+    long_text = " ".join(f"word{i}" for i in range(3 * model.max_length))
+    encoder = integrations.Encoder(e5_named_dir, chunking="mean", chunk_overlap=8)
+    expected = model.encode_passages([long_text, "short"], chunking="mean", chunk_overlap=8)
+    np.testing.assert_array_equal(encoder.passages([long_text, "short"]), expected)
+    truncated = model.encode_passages([long_text], truncation="ignore")
+    assert not np.allclose(expected[0], truncated[0], atol=1e-3)             # the whole text, not its start
+    assert encoder.config()["chunking"] == "mean" and encoder.config()["chunk_overlap"] == 8
 
 
 def test_a_str_is_not_a_list_of_texts():

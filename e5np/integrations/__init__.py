@@ -17,7 +17,8 @@ from ..model import Model, check_flag, check_positive_int, dtype_name, load
 
 DEFAULT_MODEL = "intfloat/e5-small"   # unless E5NP_MODEL names another, as for the command line
 TRUNCATIONS = ("warn", "ignore", "error")
-OPTIONS = ("threads", "max_length", "dtype", "prefixes", "batch_size", "normalize", "truncation")  # besides model
+OPTIONS = ("threads", "max_length", "dtype", "prefixes", "batch_size", "normalize", "truncation", "chunking",
+           "chunk_overlap")  # besides model
 
 _cache = {}                # cache key -> loaded e5np.Model
 _cache_lock = threading.Lock()
@@ -81,16 +82,18 @@ class Encoder:
 
     model: a hub id or a checkpoint directory (default: $E5NP_MODEL, else intfloat/e5-small), or an e5np.Model
     already loaded (used as it is). threads, max_length, dtype and prefixes are e5np.load's; batch_size, normalize
-    (None: the model's own, L2 for E5) and truncation ("warn", "ignore" or "error") are Model.encode's.
+    (None: the model's own, L2 for E5), truncation ("warn", "ignore" or "error"), chunking ("mean": a text longer
+    than max_length is embedded whole, from overlapping windows) and chunk_overlap are Model.encode's.
     """
 
     def __init__(self, model=None, *, threads=None, max_length=None, dtype=None, prefixes=None, batch_size=32,
-                 normalize=None, truncation="warn"):
+                 normalize=None, truncation="warn", chunking=None, chunk_overlap=None):
         self.batch_size = check_positive_int("batch_size", batch_size)
         self.normalize = None if normalize is None else check_flag("normalize", normalize)
         if truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be 'warn', 'ignore' or 'error', got {truncation!r}")
         self.truncation = truncation
+        self.chunking, self.chunk_overlap = chunking, chunk_overlap
         dtype = None if dtype is None else dtype_name(dtype)            # "float64" for np.float64 too: JSON-able
         if isinstance(model, Model):
             if any(option is not None for option in (threads, max_length, dtype, prefixes)):
@@ -104,11 +107,13 @@ class Encoder:
             self.model = shared_model(self.name, threads=threads, max_length=max_length, dtype=dtype,
                                       prefixes=prefixes)
         self.load_options = {"threads": threads, "max_length": max_length, "dtype": dtype, "prefixes": prefixes}
+        self.model.encode([], chunking=chunking, chunk_overlap=chunk_overlap)   # bad chunking options: refused now
 
     def _encode(self, method, texts):
         if isinstance(texts, str):                                     # list("abc") would be three texts
             raise TypeError("texts must be a list of str, got a str: pass [text]")
-        return method(list(texts), batch_size=self.batch_size, normalize=self.normalize, truncation=self.truncation)
+        return method(list(texts), batch_size=self.batch_size, normalize=self.normalize, truncation=self.truncation,
+                      chunking=self.chunking, chunk_overlap=self.chunk_overlap)
 
     def passages(self, texts):
         """[n, H] array: the texts embedded as passages (the model's passage prefix, "passage: " for E5)."""
@@ -121,16 +126,18 @@ class Encoder:
     def config(self):
         """The options as JSON-able values: what rebuilds an Encoder like this one (a persisted Chroma collection's)."""
         return {"model": resolved_name(self.name), **self.load_options, "batch_size": self.batch_size,
-                "normalize": self.normalize, "truncation": self.truncation}
+                "normalize": self.normalize, "truncation": self.truncation, "chunking": self.chunking,
+                "chunk_overlap": self.chunk_overlap}
 
 
 class Adapter:
     """What the LangChain and Chroma adapters share: the constructor (Encoder's options) and the loaded model."""
 
     def __init__(self, model=None, *, threads=None, max_length=None, dtype=None, prefixes=None, batch_size=32,
-                 normalize=None, truncation="warn"):
+                 normalize=None, truncation="warn", chunking=None, chunk_overlap=None):
         self._encoder = Encoder(model, threads=threads, max_length=max_length, dtype=dtype, prefixes=prefixes,
-                                batch_size=batch_size, normalize=normalize, truncation=truncation)
+                                batch_size=batch_size, normalize=normalize, truncation=truncation, chunking=chunking,
+                                chunk_overlap=chunk_overlap)
 
     @property
     def e5np_model(self):

@@ -18,7 +18,7 @@ register_embedding_function = chromadb_embedding_functions.register_embedding_fu
 __all__ = ["E5npEmbeddingFunction"]
 
 # What reopening a collection with another value of would give vectors unlike the ones it holds.
-VECTOR_OPTIONS = ("model", "max_length", "dtype", "prefixes", "normalize")
+VECTOR_OPTIONS = ("model", "max_length", "dtype", "prefixes", "normalize", "chunking", "chunk_overlap")
 
 
 @register_embedding_function
@@ -28,7 +28,8 @@ class E5npEmbeddingFunction(Adapter, EmbeddingFunction):
 
     model: a hub id or a checkpoint directory (default: $E5NP_MODEL, else intfloat/e5-small), or a loaded
     e5np.Model. Adapters asking for the same model with the same load options (threads, max_length, dtype, prefixes)
-    share one, loaded once per process. batch_size, normalize and truncation are passed to Model.encode.
+    share one, loaded once per process. batch_size, normalize, truncation, chunking and chunk_overlap are
+    passed to Model.encode.
     A directory is stored by its absolute path in the collection's config (get_config), a hub id as it is.
     """
 

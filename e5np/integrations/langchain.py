@@ -21,7 +21,8 @@ class E5npEmbeddings(Adapter, Embeddings):
 
     model: a hub id or a checkpoint directory (default: $E5NP_MODEL, else intfloat/e5-small), or a loaded
     e5np.Model. Adapters asking for the same model with the same load options (threads, max_length, dtype, prefixes)
-    share one, loaded once per process. batch_size, normalize and truncation are passed to Model.encode.
+    share one, loaded once per process. batch_size, normalize, truncation, chunking and chunk_overlap are
+    passed to Model.encode.
     The async methods run the work in a thread, off the event loop. Vectors are lists of Python floats.
     """
 

@@ -23,7 +23,8 @@ class E5npEmbedding(BaseEmbedding):
 
     model: a hub id or a checkpoint directory (default: $E5NP_MODEL, else intfloat/e5-small), or a loaded
     e5np.Model. Adapters asking for the same model with the same load options (threads, max_length, dtype, prefixes)
-    share one, loaded once per process. batch_size, normalize and truncation are passed to Model.encode;
+    share one, loaded once per process. batch_size, normalize, truncation, chunking and chunk_overlap are passed to
+    Model.encode;
     embed_batch_size is how many texts LlamaIndex hands over at a time (e5np batches them again by length).
     The async methods run the work in a thread, off the event loop.
     """
@@ -35,15 +36,20 @@ class E5npEmbedding(BaseEmbedding):
     batch_size: int = Field(default=32, description="texts per forward pass")
     normalize: Optional[bool] = Field(default=None, description="L2-normalize (default: the model's own)")
     truncation: str = Field(default="warn", description="a text longer than max_length: warn, ignore or error")
+    chunking: Optional[str] = Field(default=None, description='"mean": a long text embedded whole, from windows')
+    chunk_overlap: Optional[int] = Field(default=None, description="tokens consecutive windows share")
     _encoder: Any = PrivateAttr()
 
     def __init__(self, model=None, *, threads=None, max_length=None, dtype=None, prefixes=None, batch_size=32,
-                 normalize=None, truncation="warn", embed_batch_size=256, **kwargs: Any):
+                 normalize=None, truncation="warn", chunking=None, chunk_overlap=None, embed_batch_size=256,
+                 **kwargs: Any):
         encoder = Encoder(model, threads=threads, max_length=max_length, dtype=dtype, prefixes=prefixes,
-                          batch_size=batch_size, normalize=normalize, truncation=truncation)
+                          batch_size=batch_size, normalize=normalize, truncation=truncation, chunking=chunking,
+                          chunk_overlap=chunk_overlap)
         super().__init__(model_name=str(encoder.name), threads=threads, max_length=max_length,
                          dtype=encoder.load_options["dtype"], prefixes=prefixes, batch_size=batch_size,
-                         normalize=normalize, truncation=truncation, embed_batch_size=embed_batch_size, **kwargs)
+                         normalize=normalize, truncation=truncation, chunking=chunking, chunk_overlap=chunk_overlap,
+                         embed_batch_size=embed_batch_size, **kwargs)
         self._encoder = encoder
 
     @classmethod
