@@ -3,7 +3,8 @@
     python tools/latency_bench.py [--model DIR] [--queries 200] [--rounds 5] [--engines e5np,ort-sorted,hf-sdpa]
 
 Each engine runs in a process of its own (tools/bench.py's engines, built the same way) and embeds one query
-per call, as a search front end does (e5np:DIR is e5np from another source tree, for before/after): e5np `model.encode(query)`, the others their engine on a one-text list.
+per call, as a search front end does: e5np `model.encode(query)`, the others their engine on a one-text list.
+e5np:DIR is e5np imported from another source tree, beside this one (before/after a change).
 Queries are tools/bench.py's short corpus (8-16 tokens). Reported per engine, and as a ratio to e5np:
   load         building the engine in a fresh process (warm page cache)
   first        the first query after load: nothing warmed up behind the user's back
