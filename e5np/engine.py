@@ -87,6 +87,11 @@ def equal_length_runs(lengths, cost, budget):
             start = stop
 
 
+# Forward passes of at most this many tokens are worth no second BLAS thread (e5np.Model._run runs them on one):
+# on products of so few rows a thread's hand-over costs about what it saves, and far more when the core it waits
+# for is busy.
+ONE_THREAD_TOKENS = 64
+
 SCORES_PER_STEP = 2**15  # 128 KB of float32 scores: they stay in cache from one matmul through softmax to the next
 
 

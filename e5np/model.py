@@ -5,6 +5,7 @@ texts -> prefixed -> tokenized (a window of texts at a time) -> length-sorted ba
 -> the encoder -> pooled -> normalized -> each vector back in its text's row.
 """
 
+import contextlib
 import os
 import sys
 import warnings
@@ -20,7 +21,7 @@ from .hub import resolve
 from .options import DTYPES, as_text_list, check_flag, check_positive_int, check_truncation, dtype_name, integer
 from .prefixes import check_kind, check_prefix, check_prefixes, e5_prefixes
 from .quantize import check_precision, check_ranges, quantize
-from .runtime import available_cpus
+from .runtime import available_cpus, one_blas_thread
 from .tokenizer import (TokenBatch, encode_batch, load_tokenizer, model_max_length, not_unicode, overflowing, pad_ids,
                         tokenize)
 
@@ -95,11 +96,27 @@ class Forward:
         return self.hidden_states[-1]
 
 
+class NoProgress:
+    """What progress_bar gives when it is off: tqdm's interface, without importing tqdm (a fifth of a second, which
+    the first encode() after load would pay)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
+
+
 def progress_bar(total, enabled):
     """A tqdm bar on stderr counting texts (tqdm comes with huggingface-hub); a no-op one when not enabled."""
+    if not enabled:
+        return NoProgress()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="text", desc="e5np", disable=not enabled)
+    return tqdm(total=total, unit="text", desc="e5np")
 
 
 class Model:
@@ -149,10 +166,15 @@ class Model:
         # float64 is the ground truth: the model as the paper writes it; float32 the fast engine (the same numbers
         # to float32's precision, tests/test_reference.py)
         run = reference.forward if np.dtype(self.dtype) == np.float64 else engine.encode
-        return run(batch.input_ids, batch.attention_mask, self.params,
-                   n_heads=self.config.num_attention_heads, eps=self.config.layer_norm_eps,
-                   position_offset=self.config.position_offset,
-                   keep_hidden=keep_hidden, keep_attention=keep_attention)
+        # A pass of few tokens (a query) runs its BLAS on one thread: OpenBLAS's second thread gains little on
+        # products of a few rows, and waits for a core whenever another process holds it (docs/performance.md,
+        # Speed, second round: 60x slower a query on a busy 2-core machine).
+        few = int(np.count_nonzero(batch.attention_mask)) <= engine.ONE_THREAD_TOKENS
+        with one_blas_thread() if few else contextlib.nullcontext():
+            return run(batch.input_ids, batch.attention_mask, self.params,
+                       n_heads=self.config.num_attention_heads, eps=self.config.layer_norm_eps,
+                       position_offset=self.config.position_offset,
+                       keep_hidden=keep_hidden, keep_attention=keep_attention)
 
     def prefix(self, kind=None):
         """What the model adds before a text of this kind: "query" or "passage" ("document" is a passage) gives
