@@ -249,6 +249,8 @@ class Input:
         field = self.field if self.field is not None else default_field
         if self.format is not None:
             cls = READERS[self.format]
+        elif os.path.isdir(self.path):                                 # a directory: a dataset of Parquet files
+            cls = READERS["parquet"]
         else:
             cls = by_suffix(READERS, suffix_of(self.path))
             if field is not None and (cls is None or not cls.has_fields):
@@ -317,10 +319,12 @@ def writer_class(output, format=None):
         return WRITERS[format]
     if is_stdout(output):
         return WRITERS["arrays"]
+    if str(output).endswith(("/", os.sep)) or os.path.isdir(output):   # a directory: of Parquet files
+        return WRITERS["parquet"]
     cls = by_suffix(WRITERS, suffix_of(output))
     if cls is None:
         files = " or ".join(suffix for cls in WRITERS.values() for suffix in cls.suffixes)
-        raise FormatError(f"--output {output}: use a {files} file, or - for stdout")
+        raise FormatError(f"--output {output}: use a {files} file, a directory/ (of Parquet files), or - for stdout")
     return cls
 
 
@@ -512,3 +516,6 @@ def write_stream(embed, records, writer, progress=None):
             writer.close(complete=False)
         raise
     writer.close(complete=True)
+
+
+from . import arrow  # noqa: E402,F401  (registers Parquet and Arrow IPC; pyarrow is imported only when they are used)
