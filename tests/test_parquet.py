@@ -331,3 +331,28 @@ def test_search_build_from_parquet(tiny, docs, tmp_path):
     assert json.loads(query.stdout)["results"][0]["record"]["id"] == 42
     resumed = e5np_cli("search", "build", "--resume", docs, index)
     assert resumed.returncode == 2 and "no unfinished build to resume" in resumed.stderr
+
+
+def test_a_failed_write_keeps_the_parts_before_it(docs, tmp_path, monkeypatch, capsys):
+    """A full disk while a part is written: the part's temporary file is removed, the parts before it stay whole, and
+    the message says what they hold."""
+    import errno
+
+    from e5np import arrow, cli
+
+    write_table = arrow.ParquetWriter.write_table
+
+    def disk_full_on_the_second_part(self, table, file):
+        if self.part_rows:
+            file.write(b"PAR1 and half a row group")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write_table(self, table, file)
+    monkeypatch.setattr(arrow.ParquetWriter, "write_table", disk_full_on_the_second_part)
+    out, parts = tmp_path / "out.parquet", tmp_path / "out.parquet.parts"
+    status = cli.main(["embed", "-m", str(TINY_DIR), "-i", str(docs), "--field", "body", "-o", str(out), "-q"])
+    assert status == 2
+    assert capsys.readouterr().err == (f"e5np embed: cannot write {parts / 'part-000001.parquet'}: No space left on "
+                                       f"device; {parts} holds the vectors of the first 2048 texts, in 1 whole Parquet "
+                                       "file; the same command with --resume continues it\n")
+    assert sorted(os.listdir(parts)) == ["part-000000.parquet"] and not out.exists()
+    assert pq.read_table(parts).column("id").to_pylist() == list(range(2048))
