@@ -4,6 +4,7 @@ Readers give (text, record) pairs a line at a time: plain text (one text a line,
 lines (one object a line, the text one of its fields, the record the object with all its fields). Writers take a
 chunk of pairs and their vectors at a time: a .npy, JSON lines (each record with its "embedding"), or one JSON
 array a line (stdout's default). An error, Ctrl-C or a kill never loses what a writer committed: see Writer.
+Parquet and Arrow IPC tables, in and out, are e5np/arrow.py's registered classes (pyarrow imported when used).
 
 Choosing (Input.choose, writer_class): an explicit format name, else the path's suffix; '-' is stdin (or stdout),
 read as plain text and written as JSON arrays unless a format is named. A field given (--field) means JSON lines
@@ -312,7 +313,8 @@ def is_stdout(output):
 
 def writer_class(output, format=None):
     """The writer class for an output path ('-' or None: stdout): `format` (a registered writer's name) if
-    given, else the suffix's (.npy, .jsonl), else JSON arrays for stdout; FormatError for another suffix."""
+    given, else the suffix's (.npy, .jsonl, .parquet, .arrow), Parquet files for a directory (`out/`), else JSON
+    arrays for stdout; FormatError for another suffix."""
     if format is not None:
         if format not in WRITERS:
             raise FormatError(f"unknown output format {format!r}: e5np writes {', '.join(WRITERS)}")

