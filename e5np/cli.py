@@ -108,11 +108,25 @@ def cmd_embed(args):
         return cmd_embed_on_ray(args)
     source = text_source(args.texts, args.input, args.field, args.input_format, keep_blank=True)  # row i is line i
     writer = writer_class(args.output, args.output_format)
+    tables = getattr(writer, "describes_model", False)                 # Parquet, Arrow: metadata, parts, --resume
+    if args.resume and not tables:
+        raise CliError("--resume continues a Parquet or Arrow output (-o FILE.parquet, FILE.arrow, DIR/); "
+                       f"{writer.name} outputs are written whole each time")
     if not is_stdout(args.output):
         refuse_to_overwrite_input([args.output], None if args.texts else args.input or "-")
     model = load_model(args)
     encode, width, dtype = compact_encoder(model, args)
-    embed_stream(encode, source, writer(args.output, width, dtype=dtype), args)
+    if tables:
+        from .arrow import embed_metadata
+
+        kind = "query" if args.query else "passage" if args.passage else None
+        output = writer(args.output, width, metadata=embed_metadata(model, kind, args.field), resume=args.resume,
+                        dtype=dtype)
+        if args.resume:
+            source = output.skip_written(source, args.input or ("the texts given" if args.texts else "stdin"))
+    else:
+        output = writer(args.output, width, dtype=dtype)
+    embed_stream(encode, source, output, args)
     return 0
 
 
@@ -340,13 +354,15 @@ def build_parser():
 
     def input_format_option(p):
         p.add_argument("--input-format", choices=list(READERS), help="read the input as this format, whatever its "
-                       "suffix (default: from it: .txt or none = text, .jsonl or .json = JSON lines; - = stdin, text; "
-                       "--field = JSON lines)")
+                       "suffix (default: from it: .txt or none = text, .jsonl or .json = JSON lines, .parquet or a "
+                       "directory = Parquet, .arrow or .feather = Arrow IPC; - = stdin, text; --field = JSON lines)")
 
     def encoding_options(p, with_input=True):
         if with_input:
-            p.add_argument("--input", "-i", help="file with one text per line, or .jsonl ('-' = stdin)")
-        p.add_argument("--field", help="JSON lines: the field holding the text (default 'text')")
+            p.add_argument("--input", "-i", help="file with one text per line, .jsonl, .parquet or .arrow (a "
+                           "directory or glob of them too; '-' = stdin)")
+        p.add_argument("--field", help="JSON lines, Parquet, Arrow: the field (column) holding the text "
+                                       "(default 'text')")
         input_format_option(p)
         p.add_argument("--batch-size", type=int, default=32, help="texts per batch (default 32)")
         p.add_argument("--threads", type=int,
@@ -370,7 +386,12 @@ def build_parser():
     model_option(embed)
     prefix_options(embed)
     encoding_options(embed)
-    embed.add_argument("--output", "-o", help="write to FILE.npy or FILE.jsonl instead of stdout")
+    embed.add_argument("--output", "-o", help="write to FILE.npy, FILE.jsonl, FILE.parquet, FILE.arrow (.feather) or "
+                       "DIR/ (Parquet files) instead of stdout")
+    embed.add_argument("--resume", action="store_true",
+                       help="continue a Parquet or Arrow --output that Ctrl-C, an error or a kill stopped (its parts "
+                            "in FILE.parquet.parts/, or DIR/), after checking that the input starts with the rows "
+                            "written and that the model makes the same vectors")
     embed.add_argument("--output-format", choices=list(WRITERS), help="write the output as this format, whatever "
                        "its suffix (default: from it; arrays, one JSON array a line, on stdout)")
     embed.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
@@ -395,7 +416,8 @@ def build_parser():
         "`search query INDEX QUERY...` prints the top-k passages by cosine similarity."))
     search_sub = search.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=IntermixedParser)
     build = search_sub.add_parser("build", help="embed a corpus into an index directory")
-    build.add_argument("corpus", help="text file (one passage per line; blank lines skipped) or .jsonl ('-' = stdin)")
+    build.add_argument("corpus", help="text file (one passage per line; blank lines skipped), .jsonl, .parquet or "
+                                      ".arrow (a directory or glob of them too; '-' = stdin)")
     build.add_argument("index", help="directory to write vectors.npy, passages.jsonl, index.json into (an index "
                                      "already there is rebuilt in INDEX/.rebuild and replaced when that is complete)")
     continuation = build.add_mutually_exclusive_group()

@@ -4,6 +4,7 @@ Readers give (text, record) pairs a line at a time: plain text (one text a line,
 lines (one object a line, the text one of its fields, the record the object with all its fields). Writers take a
 chunk of pairs and their vectors at a time: a .npy, JSON lines (each record with its "embedding"), or one JSON
 array a line (stdout's default). An error, Ctrl-C or a kill never loses what a writer committed: see Writer.
+Parquet and Arrow IPC tables, in and out, are e5np/arrow.py's registered classes (pyarrow imported when used).
 
 Choosing (Input.choose, writer_class): an explicit format name, else the path's suffix; '-' is stdin (or stdout),
 read as plain text and written as JSON arrays unless a format is named. A field given (--field) means JSON lines
@@ -249,6 +250,8 @@ class Input:
         field = self.field if self.field is not None else default_field
         if self.format is not None:
             cls = READERS[self.format]
+        elif os.path.isdir(self.path):                                 # a directory: a dataset of Parquet files
+            cls = READERS["parquet"]
         else:
             cls = by_suffix(READERS, suffix_of(self.path))
             if field is not None and (cls is None or not cls.has_fields):
@@ -310,17 +313,20 @@ def is_stdout(output):
 
 def writer_class(output, format=None):
     """The writer class for an output path ('-' or None: stdout): `format` (a registered writer's name) if
-    given, else the suffix's (.npy, .jsonl), else JSON arrays for stdout; FormatError for another suffix."""
+    given, else the suffix's (.npy, .jsonl, .parquet, .arrow), Parquet files for a directory (`out/`), else JSON
+    arrays for stdout; FormatError for another suffix."""
     if format is not None:
         if format not in WRITERS:
             raise FormatError(f"unknown output format {format!r}: e5np writes {', '.join(WRITERS)}")
         return WRITERS[format]
     if is_stdout(output):
         return WRITERS["arrays"]
+    if str(output).endswith(("/", os.sep)) or os.path.isdir(output):   # a directory: of Parquet files
+        return WRITERS["parquet"]
     cls = by_suffix(WRITERS, suffix_of(output))
     if cls is None:
         files = " or ".join(suffix for cls in WRITERS.values() for suffix in cls.suffixes)
-        raise FormatError(f"--output {output}: use a {files} file, or - for stdout")
+        raise FormatError(f"--output {output}: use a {files} file, a directory/ (of Parquet files), or - for stdout")
     return cls
 
 
@@ -514,3 +520,6 @@ def write_stream(embed, records, writer, progress=None):
             writer.close(complete=False)
         raise
     writer.close(complete=True)
+
+
+from . import arrow  # noqa: E402,F401  (registers Parquet and Arrow IPC; pyarrow is imported only when they are used)

@@ -99,7 +99,8 @@ def test_embed_reports_truncation_on_stderr(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["embed", "-m", "/no/such/dir", "x"], "no such directory"),
     (["embed", "-m", TINY_DIR, "--input", "/no/such/file.txt"], "cannot read /no/such/file.txt"),
-    (["embed", "-m", TINY_DIR, "x", "-o", "out.csv"], "use a .npy or .jsonl file"),
+    (["embed", "-m", TINY_DIR, "x", "-o", "out.csv"],
+     "use a .npy or .jsonl or .parquet or .arrow or .feather file, a directory/"),
     (["embed", "-m", TINY_DIR, "x", "-o", "/no/such/dir/out.npy"], "cannot write /no/such/dir/out.npy: No such file"),
     (["embed", "-m", TINY_DIR, "--threads", "0", "x"], "--threads must be at least 1"),
 ])
