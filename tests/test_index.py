@@ -12,7 +12,7 @@ import pytest
 import e5np
 from e5np import formats
 from tests.checkpoints import TINY_DIR
-from tests.row_independence import assert_same_vectors
+from tests.row_independence import BLAS_ROWS_INDEPENDENT, PARITY_BAR, assert_same_vectors
 
 CORPUS = ["The Eiffel Tower is in Paris.", "Pandas eat bamboo.", "Python is a programming language.",
           "Paris is the capital of France.", "the cat sat on the mat", "Pandas eat bamboo."]
@@ -55,10 +55,16 @@ def test_build_from_texts_and_query_equal_brute_force(tiny, tmp_path):
     assert [hit["rank"] for hit in hits[0]] == [1, 2, 3, 4]
     assert all(hit["text"] == CORPUS[hit["index"]] for found in hits for hit in found)
     one = index.query(QUERIES[0], top_k=4)                             # a str: one list of hits
-    assert one == hits[0]
     assert index.search(tiny.encode_queries(QUERIES[0]), top_k=4) == one
     pandas = [hit["index"] for hit in index.query("Pandas eat bamboo.", top_k=2)]
-    assert pandas == [1, 5]                                            # duplicate passages: in corpus order
+    if BLAS_ROWS_INDEPENDENT:                                          # a query alone scores as in a batch
+        assert one == hits[0]
+        assert pandas == [1, 5]                                        # duplicate passages: in corpus order
+    else:                                # batch-mates move a vector by ~1e-7: duplicates may swap, scores agree
+        assert sorted(pandas) == [1, 5]
+        assert [hit["text"] for hit in one] == [hit["text"] for hit in hits[0]]
+        np.testing.assert_allclose([hit["score"] for hit in one], [hit["score"] for hit in hits[0]], rtol=0,
+                                   atol=PARITY_BAR)
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         index.query("q", top_k=0)
     index.close()
