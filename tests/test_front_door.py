@@ -1,6 +1,7 @@
 """What a new user meets first: the command line's errors for a model it cannot find, a bad port, a typo'd flag,
 two sources of texts at once; `--version`. Each runs `python -m e5np` in a subprocess, as a user would."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -45,7 +46,12 @@ def test_an_uncached_revision_is_in_the_download_command(tmp_path):
         e5np.load("intfloat/e5-small", revision="v9", local_files_only=True, cache_dir=tmp_path / "empty")
 
 
-@pytest.mark.parametrize("command", [["embed", "hello"], ["similarity", "a", "b"], ["serve"],
+NEEDS_SERVE = pytest.mark.skipif(importlib.util.find_spec("uvicorn") is None,
+                                 reason='serve says first that it needs its extra: pip install "e5np[serve]"')
+
+
+@pytest.mark.parametrize("command", [["embed", "hello"], ["similarity", "a", "b"],
+                                     pytest.param(["serve"], marks=NEEDS_SERVE),
                                      ["search", "build", "CORPUS", "INDEX"]])
 def test_a_bad_e5np_model_says_it_came_from_e5np_model(command, tmp_path):
     (tmp_path / "CORPUS").write_text("a passage\n")
