@@ -76,6 +76,15 @@ def jsonable(value):
     return str(value)
 
 
+
+def vector_column(vectors, dtype=np.float32):
+    """[n, H] vectors as an Arrow fixed_size_list<dtype, H> array: what LanceDB and DuckDB's FLOAT[H] read."""
+    import pyarrow as pa
+
+    vectors = np.ascontiguousarray(vectors, dtype=dtype)
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
 class ArrowRow(dict):
     """A row's record: its columns as JSON-able values, and the record batch (`batch`, `row`) it came from."""
 
@@ -352,9 +361,8 @@ class TableWriter:
     def table(self, records, vectors):
         pa = self.pa
         table = self.input_table(records)
-        flat = pa.array(np.ascontiguousarray(vectors, dtype=self.dtype).reshape(-1))
         table = table.append_column(pa.field(EMBEDDING, pa.list_(pa.from_numpy_dtype(self.dtype), self.dim)),
-                                    pa.FixedSizeListArray.from_arrays(flat, self.dim))
+                                    vector_column(vectors, self.dtype))
         metadata = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(self.metadata).encode()}
         table = table.replace_schema_metadata(metadata)
         if self.schema is None:

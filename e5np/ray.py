@@ -11,8 +11,6 @@
 extra: pip install "e5np[ray]".
 """
 
-import numpy as np
-
 from .formats import FormatError
 from .options import check_positive_int
 
@@ -77,11 +75,9 @@ class Embedder:
             vectors = self.embed(texts_of(batch, self.column, list(batch)))
             return {**batch, self.output_column: vectors}
         if hasattr(batch, "schema") and hasattr(batch, "append_column"):   # a pyarrow Table
-            import pyarrow as pa
+            from .arrow import vector_column
 
-            vectors = self.embed(texts_of(batch, self.column, batch.column_names))
-            flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-            column = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+            column = vector_column(self.embed(texts_of(batch, self.column, batch.column_names)))
             if self.output_column in batch.column_names:               # embedded before: replaced, as .jsonl does
                 batch = batch.drop_columns([self.output_column])
             return batch.append_column(self.output_column, column)
