@@ -84,12 +84,13 @@ def warnings_printed(line):
         yield
 
 
+def text_kind(args):
+    """"query" or "passage" for --query / --passage, else None: the texts as they are."""
+    return "query" if getattr(args, "query", False) else "passage" if getattr(args, "passage", False) else None
+
+
 def choose_encoder(model, args):
-    if getattr(args, "query", False):
-        return model.encode_queries
-    if getattr(args, "passage", False):
-        return model.encode_passages
-    return model.encode
+    return {"query": model.encode_queries, "passage": model.encode_passages}.get(text_kind(args), model.encode)
 
 
 def text_source(arguments, input_path, field=None, format=None, what="texts", keep_blank=False):
@@ -119,9 +120,8 @@ def cmd_embed(args):
     if tables:
         from .arrow import embed_metadata
 
-        kind = "query" if args.query else "passage" if args.passage else None
-        output = writer(args.output, width, metadata=embed_metadata(model, kind, args.field), resume=args.resume,
-                        dtype=dtype)
+        output = writer(args.output, width, metadata=embed_metadata(model, text_kind(args), args.field),
+                        resume=args.resume, dtype=dtype)
         if args.resume:
             source = output.skip_written(source, args.input or ("the texts given" if args.texts else "stdin"))
     else:
@@ -143,9 +143,8 @@ def cmd_embed_on_ray(args):
         raise CliError(str(e)) from None
     model = os.path.abspath(os.path.expanduser(args.model)) if os.path.isdir(os.path.expanduser(args.model)) \
         else args.model                                                # every node reads the same path
-    kind = "query" if args.query else "passage" if args.passage else None
     try:
-        rows = on_ray.run_job(args.input, args.output, model, column=args.field or "text", kind=kind,
+        rows = on_ray.run_job(args.input, args.output, model, column=args.field or "text", kind=text_kind(args),
                               address=args.ray or None, batch_size=args.batch_size, threads=args.threads)
     except ray.exceptions.RayError as e:                           # a task's error, under Ray's account of it
         raise CliError(f"the Ray job failed: {root_cause(e)}") from None
