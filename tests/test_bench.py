@@ -71,11 +71,11 @@ def test_engine_failing_in_its_process_is_named(tmp_path):
         bench.EngineProcess("e5np", str(tmp_path / "no-such-model"), None, str(tmp_path), 512)
 
 
-def run_bench(*engines):
+def run_bench(*engines, extra=()):
     """tools/bench.py on the tiny checkpoint, one run of 40 mixed texts (past the tiny model's 128 positions: every
     engine must truncate where e5np does): (the process's result, its table's cells by engine)."""
     result = subprocess.run([sys.executable, str(BENCH), "--model", str(TINY_DIR), "--corpus", "mixed",
-                             "--texts", "40", "--runs", "1", "--engines", ",".join(engines)],
+                             "--texts", "40", "--runs", "1", "--engines", ",".join(engines), *extra],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in result.stdout.splitlines()
@@ -116,3 +116,22 @@ def test_onnxruntime_engines_agree_with_e5np():
     assert all(float(cells[3]) >= 0.99999 for cells in rows.values()), result.stdout   # min cosine vs e5np
     assert "disagrees" not in result.stderr and "skipping" not in result.stderr
     assert "onnxruntime" in result.stdout.rsplit("shapes", 1)[1]
+
+
+@pytest.mark.live
+def test_latency_table_beside_the_throughput_table():
+    """--latency adds one-query latency per engine (median and p90), and both tables name the CPU and BLAS build."""
+    result, _ = run_bench("e5np", "hf-sdpa", extra=("--latency", "--queries", "20"))
+    throughput, latency = result.stdout.split("queries: 20 short texts", 1)
+    for table in (throughput, latency):
+        assert "CPU: " in table and "NumPy " in table and "cores" in table, table
+    header = next(line for line in latency.splitlines() if line.startswith("| engine"))
+    assert "warm median ms" in header and "warm p90 ms" in header
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in latency.splitlines() if line.startswith("| ") and not line.startswith("| engine")}
+    assert set(rows) == {"e5np", "hf-sdpa"}, latency                # sentence-transformers has no latency engine
+    assert rows["e5np"][5] == "1.00x"
+    for cells in rows.values():
+        median, p90 = float(cells[3]), float(cells[4])
+        assert 0 < median <= p90, cells
+        assert float(cells[6]) >= 0.99999                              # min cosine vs e5np

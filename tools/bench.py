@@ -1,6 +1,6 @@
 """Throughput of e5np against the fastest ways to run the same checkpoint with PyTorch and ONNX Runtime.
 
-    python tools/bench.py [--model DIR] [--corpus mixed|short|long] [--texts 1000] [--runs 3]
+    python tools/bench.py [--model DIR] [--corpus mixed|short|long] [--texts 1000] [--runs 3] [--latency]
 
 Engines (each embeds the same corpus to normalized mean-pooled vectors, batch 32, the model's max_length):
   e5np               e5np.Model.encode (token-length-sorted batches, worker threads)
@@ -32,7 +32,6 @@ import functools
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import machine  # noqa: E402
 
 import e5np  # noqa: E402
 
@@ -380,6 +382,10 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="e5np worker threads (default: its own)")
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, from: %(default)s")
+    parser.add_argument("--latency", action="store_true",
+                        help="also one query per call: each engine's load, first, median and p90 latency "
+                             "(tools/latency_bench.py's table, for the engines it knows)")
+    parser.add_argument("--queries", type=int, default=200, help="with --latency: queries per round")
     args = parser.parse_args()
     unknown = sorted(set(args.engines.split(",")) - set(ENGINES))
     if unknown:
@@ -410,17 +416,24 @@ def main():
         ceiling = matmul_ceiling(reference_model.config, rows)
         memory = e5np_load_and_rss(directory, texts, args.threads or 0)
         weights_mb = (Path(directory) / "model.safetensors").stat().st_size / 2**20
+        if args.latency:
+            import latency_bench  # it imports this module: here, not on top
+
+            names = [name for name in args.engines.split(",") if name in latency_bench.ENGINES]
+            latency = latency_bench.latency_table(directory, names, args.queries, rounds=5, workdir=tmp)
     print(f"e5np load {memory['first_load_s']:.3f} s first in a fresh process, {memory['load_s']:.3f} s median of 3 "
           f"(warm page cache); peak RSS {memory['load_peak_mb']:.0f} MB after load, "
           f"{memory['peak_rss_mb']:.0f} MB while embedding (weights {weights_mb:.0f} MB)")
     print(f"one core multiplying the model's linear-layer shapes ([{rows}, in] @ [in, out], median of 3): "
           + ", ".join(f"{name} {rate:.0f} GFLOP/s" for name, rate in ceiling.items()))
+    if args.latency:
+        print()
+        print(latency)
 
 
 def report(args, texts, tokens, directory, times, vectors):
     print(f"corpus: {len(texts)} {args.corpus} texts, {tokens} tokens; model {directory}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}; "
-          f"median of {args.runs} alternating runs")
+    print(f"{machine.describe()}; median of {args.runs} alternating runs")
     print()
     print("| engine | texts/s | tokens/s | e5np speed-up | min cosine vs e5np |")
     print("|---|---|---|---|---|")

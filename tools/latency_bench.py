@@ -16,8 +16,6 @@ Every engine's vectors are checked against e5np's (cosine >= 0.99999).
 
 import argparse
 import multiprocessing
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +30,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
 import bench  # noqa: E402
+import machine  # noqa: E402
+
 import e5np  # noqa: E402
 
 ENGINES = ("e5np", "ort-sorted", "ort-fused-sorted", "hf-sdpa")
@@ -96,8 +96,15 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = bench.checkpoint_directory(args.model, tmp)
+        print(latency_table(directory, names, args.queries, args.rounds, tmp))
+
+
+def latency_table(directory, names, n_queries=200, rounds=5, workdir=None):
+    """The table, as markdown: each engine's load, first, cold and warm one-query latency (tools/bench.py --latency
+    prints it beside the throughput table)."""
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         model = e5np.load(directory)
-        queries = bench.make_corpus(model, "short", args.queries)
+        queries = bench.make_corpus(model, "short", n_queries)
         lengths = model.tokenize(queries).lengths
         engines, first, cold, warm, vectors = {}, {}, {}, {}, {}
         for name in names:                                     # one at a time: the ONNX engines share an export
@@ -108,29 +115,29 @@ def main():
             engines[name] = engine
             seconds, vectors[name] = engine(queries)
             first[name], cold[name] = seconds[0], statistics.median(seconds)
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for name, engine in engines.items():
                 warm.setdefault(name, []).extend(engine(queries)[0])
         for engine in engines.values():
             engine.close()
 
-    print(f"queries: {len(queries)} short texts, {lengths.min()}-{lengths.max()} tokens; model {directory}")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.2f}; numpy {np.__version__}; warm: median of {args.rounds} alternating rounds "
-          f"of {len(queries)} calls")
-    print()
-    print("| engine | load s | first query ms | cold median ms | warm median ms | e5np / engine (warm) | min cosine |")
-    print("|---|---|---|---|---|---|---|")
+    lines = [f"queries: {len(queries)} short texts, {lengths.min()}-{lengths.max()} tokens; model {directory}",
+             machine.describe(),
+             f"warm: median and p90 of {rounds} alternating rounds of {len(queries)} calls", "",
+             ("| engine | load s | first query ms | cold median ms | warm median ms | warm p90 ms "
+              "| e5np / engine (warm) | min cosine |"),
+             "|---|---|---|---|---|---|---|---|"]
     ours = statistics.median(warm["e5np"]) if "e5np" in warm else None
     for name, engine in engines.items():
-        t = statistics.median(warm[name])
+        t, p90 = statistics.median(warm[name]), statistics.quantiles(warm[name], n=10)[-1]
         cosine = float((vectors["e5np"] * vectors[name]).sum(1).min()) if "e5np" in vectors else float("nan")
         ratio = f"{ours / t:.2f}x" if ours else "-"
-        print(f"| {name} | {engine.load_s:.2f} | {first[name] * 1e3:.1f} | {cold[name] * 1e3:.2f} | {t * 1e3:.2f} "
-              f"| {ratio} | {cosine:.6f} |")
+        lines.append(f"| {name} | {engine.load_s:.2f} | {first[name] * 1e3:.1f} | {cold[name] * 1e3:.2f} "
+                     f"| {t * 1e3:.2f} | {p90 * 1e3:.2f} | {ratio} | {cosine:.6f} |")
         if cosine < 0.99999:
             print(f"WARNING: {name} disagrees with e5np (cosine {cosine})", file=sys.stderr)
-    print("(e5np / engine: e5np's warm latency over the engine's; under 1 means e5np answers faster)")
+    lines.append("(e5np / engine: e5np's warm latency over the engine's; under 1 means e5np answers faster)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

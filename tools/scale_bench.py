@@ -23,7 +23,6 @@ one thread, as e5np runs one worker. Needs e5np[ray], sentence-transformers and 
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -32,6 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import machine  # noqa: E402
 
 
 class Timed:
@@ -137,15 +139,6 @@ def ray_parquet_rows(directory):
     return [pq.read_metadata(path).num_rows for path in sorted(Path(directory).glob("*.parquet"))]
 
 
-def cpu_name():
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    avx512 = "avx512f" in fields.get("flags", "").split()
-    return (f"{fields.get('model name', platform.processor())} (family {fields.get('cpu family', '?')} model "
-            f"{fields.get('model', '?')}{', AVX-512' if avx512 else ''}), {os.cpu_count()} cores")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=3000)
@@ -180,7 +173,7 @@ def main():
                       f"{result['embed_rows_per_s']:.0f} rows/s", file=sys.stderr)
     ray.shutdown()
 
-    print(f"CPU: {cpu_name()}; {args.rows} passages (3-40 words) of all-MiniLM-L6-v2 (weights {weights_mb:.0f} MB), "
+    print(f"{machine.describe()}; {args.rows} passages (3-40 words) of all-MiniLM-L6-v2 (weights {weights_mb:.0f} MB), "
           "one worker thread an actor\n")
     print("| engine | actors | rows/s (job) | rows/s (embedding) | speed-up | actor ready s | peak RSS / actor MB "
           "| of which Ray's worker before loading MB |")

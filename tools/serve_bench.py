@@ -29,6 +29,9 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import machine  # noqa: E402
 
 import e5np  # noqa: E402
 
@@ -172,6 +175,7 @@ def main(argv=None):
             process.terminate()
             process.wait(timeout=60)
 
+    print(machine.describe())
     header = "| load | requests | req/s | texts/s | ceiling texts/s | x ceiling | p50 ms | p99 ms | errors |"
     print(header if args.markdown else header.replace("|", " "))
     if args.markdown:
