@@ -166,7 +166,7 @@ def compact_encoder(model, args):
     (by an encode of no texts) before any text is read."""
     import numpy as np
 
-    from .quantize import check_ranges
+    from .quantize import check_ranges, code_layout
 
     precision, ranges = args.precision, None
     if args.ranges is not None:
@@ -186,8 +186,7 @@ def compact_encoder(model, args):
         encode([])
     except ValueError as e:
         raise CliError(str(e)) from None
-    width = -(-model.dim // 8) if precision in ("binary", "ubinary") else model.dim
-    return encode, width, {"int8": "i1", "uint8": "u1", "binary": "i1", "ubinary": "u1"}.get(precision, "<f4")
+    return (encode, *code_layout(precision, model.dim))
 
 
 def embed_stream(encode, texts, writer, args):
@@ -209,14 +208,16 @@ def stopped(error, kept):
 def cmd_search_build(args):
     continuing = args.resume or args.append
     corpus = Input(args.corpus, args.input_format, args.field)
+    ranges = index_ranges(args.ranges)
     with progress(args) as bar, warnings_printed(lambda message, _: f"e5np: {message}"):
         name = args.model or (None if continuing else DEFAULT_MODEL)  # None: the one the index is built with
         try:
             index = Index.build(args.index, corpus, name, append=args.append, resume=args.resume,
-                                batch_size=args.batch_size, threads=args.threads, progress=bar.update)
+                                precision=args.precision, ranges=ranges, batch_size=args.batch_size,
+                                threads=args.threads, progress=bar.update)
         except (ModelNotFoundError, CheckpointError) as e:
             raise CliError(with_origin(e, name)) from None
-        except (*EXPECTED_ERRORS, KeyboardInterrupt) as e:
+        except (*EXPECTED_ERRORS, ValueError, KeyboardInterrupt) as e:   # ValueError: ranges, precision, as named
             raise stopped(e, getattr(e, "index_state", None)) from None
     with index:
         built, out = index.built, Path(args.index)
@@ -230,8 +231,22 @@ def cmd_search_build(args):
     return 0
 
 
+def index_ranges(path):
+    """The [2, dim] array of a --ranges .npy (Index.build checks its shape against the model), or None."""
+    import numpy as np
+
+    if path is None:
+        return None
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--ranges {path}: not a .npy file ({e})") from None
+
+
 @one_line_errors
 def cmd_search_query(args):
+    if args.rescore is not None and args.rescore < 1:
+        raise CliError(f"--rescore must be 1 or more, got {args.rescore}")
     with Index.open(args.index) as index:
         for notice in index.notices:
             print(f"e5np search: {notice}", file=sys.stderr)
@@ -251,7 +266,7 @@ def search_query(args, index):
             return f"e5np search: warning: {message}"
         return None if issubclass(category, IndexWarning) else f"e5np search: {message}"
     with warnings_printed(warning):
-        hits = index.query(queries, args.top_k, model=model)
+        hits = index.query(queries, args.top_k, model=model, rescore=args.rescore)
     results = [{"query": q, "results": found} for q, found in zip(queries, hits)]
     if args.json:
         print(json_text(results if len(results) > 1 else results[0], indent=2))
@@ -411,8 +426,9 @@ def build_parser():
     embed.set_defaults(run=cmd_embed)
 
     search = sub.add_parser("search", help="build a search index, or query one", description=(
-        "Exact semantic search: `search build CORPUS INDEX` embeds a corpus (text or JSON lines) as passages; "
-        "`search query INDEX QUERY...` prints the top-k passages by cosine similarity."))
+        "Semantic search: `search build CORPUS INDEX` embeds a corpus (text or JSON lines) as passages; "
+        "`search query INDEX QUERY...` prints the top-k passages by cosine similarity (exact), or for a compact "
+        "index (--precision int8 or binary) by its codes' scores, optionally rescored (--rescore)."))
     search_sub = search.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=IntermixedParser)
     build = search_sub.add_parser("build", help="embed a corpus into an index directory")
     build.add_argument("corpus", help="text file (one passage per line; blank lines skipped), .jsonl, .parquet or "
@@ -426,6 +442,12 @@ def build_parser():
                                    "passages it holds")
     continuation.add_argument("--append", action="store_true",
                               help="add CORPUS's passages to the complete index INDEX, after the ones it holds")
+    build.add_argument("--precision", choices=["float32", "int8", "binary"], default=None,
+                       help="what the index stores: float32 vectors (default), int8 codes (4x smaller) or binary "
+                            "sign bits (32x); with --resume or --append, the index's (another is an error)")
+    build.add_argument("--ranges", metavar="RANGES.npy",
+                       help="int8: each dimension's min and max, a [2, dim] .npy (default: those of the corpus's "
+                            "first 2,048 passages); saved with the index, which --append and --resume keep")
     model_option(build, default=None,
                  default_text=f"{DEFAULT_MODEL}; with --resume or --append, the one the index is built with")
     encoding_options(build, with_input=False)                          # the corpus is the positional argument
@@ -438,6 +460,10 @@ def build_parser():
     query.add_argument("--field", help="JSON lines: the field holding the query (default 'text')")
     input_format_option(query)
     query.add_argument("--top-k", "-k", type=int, default=5, help="passages per query (default 5)")
+    query.add_argument("--rescore", type=int, metavar="N",
+                       help="int8 or binary index: take the N x top-k best by the compact scores and rank them by "
+                            "the float query's dot product with their codes dequantized (int8) or bits as +-1 "
+                            "(binary); an error for a float32 index, whose scores are exact")
     query.add_argument("--json", action="store_true", help="print results as JSON")
     query.set_defaults(run=cmd_search_query)
 

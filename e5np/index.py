@@ -1,10 +1,17 @@
 """Search indexes: their files, how a build writes them and replaces them, and exact top-k over them; e5np.Index.
 
-An index is a directory: vectors.npy ([n, H] float32, unit rows), passages.jsonl (one JSON object per
-row, in the same order: {"text": ...} for a corpus of plain lines, the corpus's own records for JSON lines)
-and index.json (the model, its dimension, how many rows, whether its build finished, the records' text
-field; see write_meta). A build writes each chunk's passages and then its vectors (IndexWriter), so an
-unfinished build holds at least as many passages as vectors: its index is the passages that have vectors.
+An index is a directory: vectors.npy ([n, H] float32, unit rows; or their compact codes, see below),
+passages.jsonl (one JSON object per row, in the same order: {"text": ...} for a corpus of plain lines, the corpus's
+own records for JSON lines) and index.json (the model, its dimension, how many rows, whether its build finished, the
+records' text field, the precision; see write_meta).
+
+A compact index stores e5np.quantize's codes of the unit vectors instead: precision "int8" ([n, H] int8, with
+ranges.npy, the [2, H] per-dimension ranges every code was made with) or "binary" ([n, ceil(H / 8)] int8, the sign
+bits packed as sentence-transformers' "binary": np.packbits(x > 0) - 128). Its queries rank by the compact scores,
+optionally rescoring candidates with the float query (compact_top_k).
+
+A build writes each chunk's passages and then its vectors (IndexWriter), so an unfinished build holds at least as
+many passages as vectors: its index is the passages that have vectors.
 
 A build into a directory that holds a complete index writes the new index into its .rebuild folder, and moves
 those files over the old ones only when it is complete (replace_index): until then the old index is whole.
@@ -36,6 +43,7 @@ from .formats import (CHUNK, FormatError, Input, NpyWriter, WriteError, cannot_w
                       refuse_to_overwrite_input, with_chunk, write_stream)
 from .model import caller_stacklevel, load
 from .options import check_positive_int
+from .quantize import bit_words, calibration_ranges, check_ranges, code_layout, quantize, search as compact_search
 from .runtime import LockedError, lock_directory, unlock_directory
 from .tokenizer import lowercases_first, tokenizer_files
 
@@ -48,8 +56,8 @@ class IndexFormatError(ValueError):
 
 class IndexStateError(ValueError):
     """A build or a query that what the directory holds does not allow: nothing to resume or append to,
-    unfinished work in the way, a model, weights, recipe or kind of corpus other than the index's, a corpus that is
-    not the one an unfinished build began with."""
+    unfinished work in the way, a model, weights, recipe, kind of corpus, precision or int8 ranges other than the
+    index's, a corpus that is not the one an unfinished build began with; rescoring a float32 index's exact scores."""
 
 
 class IndexLockedError(LockedError):
@@ -65,7 +73,8 @@ class ModelMismatchWarning(IndexWarning):
     """A query embedded by weights, or a recipe (see passage_recipe), other than those that made the index."""
 
 
-VECTORS, PASSAGES, META = "vectors.npy", "passages.jsonl", "index.json"
+VECTORS, PASSAGES, META, RANGES = "vectors.npy", "passages.jsonl", "index.json", "ranges.npy"
+INDEX_PRECISIONS = ("float32", "int8", "binary")  # what vectors.npy holds (uint8 / ubinary: the same, another layout)
 # How a do_lower_case checkpoint's texts are lowercased (see tokenizer.lowercases_first), as an index's recipe records
 # it. Indexes from older e5np record True there, for Python's str.lower, whose vectors differ on a word-final
 # capital sigma.
@@ -98,6 +107,22 @@ def top_k(vectors, queries, k, chunk_rows=None, block_scores=1 << 20, unit_rows=
         index = np.concatenate([best_index, np.broadcast_to(rows, (q, len(rows)))], axis=1)
         best_scores, best_index = best_first(scores, index, k)
     return best_index, best_scores
+
+
+def compact_top_k(codes, queries, k, precision, ranges=None, rescore=None, words=None, block_scores=1 << 24):
+    """(indices [q, k], scores [q, k]) of the k best rows of a compact index's codes [n, W] (may be a memory map)
+    for unit queries [q, H], by e5np.quantize.search: by the compact scores (int8: the dot product of the query's
+    int8 codes, made with the index's ranges, with the row's; binary: minus the Hamming distance of the sign bits,
+    words: the codes' bit_words), or with rescore m the best m * k so, rescored by the float query's dot product with
+    the rows dequantized (int8) or unpacked to +-1 (binary). Best first, equal scores by lower row. The queries go a
+    batch at a time, so that a batch's [batch, n] scores stay within block_scores numbers."""
+    n, q = len(codes), len(queries)
+    if n == 0 or q == 0:                                               # (an int8 index without rows has no ranges)
+        return np.zeros((q, min(k, n)), np.int64), np.zeros((q, min(k, n)), np.float32)
+    batch = max(1, block_scores // n)
+    found = [compact_search(queries[start:start + batch], codes, precision, k, ranges, rescore, words)
+             for start in range(0, q, batch)]
+    return np.concatenate([i for i, _ in found]), np.concatenate([s for _, s in found])
 
 
 def best_first(scores, index, k):
@@ -170,7 +195,9 @@ def recipe_changes(recorded, recipe):
 def write_meta(directory, meta):
     """index.json, written whole or not at all. `e5np search build` keeps in it: the model, its dimension (dim),
     the rows, whether the build finished (complete), the field of the passages' records that holds the text when
-    the corpus was JSON lines (field; null for plain text), the row where the last build's corpus begins
+    the corpus was JSON lines (field; null for plain text), what vectors.npy holds (precision: float32, int8 or
+    binary; none recorded: float32, an index from before compact ones) and for int8 the file of its ranges
+    (ranges: "ranges.npy"), the row where the last build's corpus begins
     (build_start: after the passages it was appended to; what --resume compares its corpus with), the identity
     of the weights that made the vectors (weights; see weights_identity) and how texts became vectors besides
     (recipe; see passage_recipe)."""
@@ -190,13 +217,21 @@ def replace_index(staged, directory):
     in_main_thread = threading.current_thread() is threading.main_thread()
     ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
     try:
-        for name in (VECTORS, PASSAGES, META):
+        for name in (VECTORS, RANGES, PASSAGES, META):
             if (staged / name).is_file():                              # (a move that stopped: those not moved yet)
                 os.replace(staged / name, directory / name)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGINT, ctrl_c)
     shutil.rmtree(staged)
+
+
+def drop_stale_ranges(directory, meta):
+    """Removes the ranges.npy an int8 index left when another kind replaced it (meta: the new index's): only an int8
+    index reads one, but a file beside the index that is not its own would only mislead."""
+    if meta.get("ranges") is None:
+        with contextlib.suppress(OSError):                             # (the index is whole without it)
+            (Path(directory) / RANGES).unlink(missing_ok=True)
 
 
 MOVE_SETTLES = 0.5  # seconds: a build moving its rebuild in as a query looks is done by then; a killed one is not
@@ -236,6 +271,7 @@ def finish_moving_in(directory):
     if meta is None:
         return None
     replace_index(Path(directory) / REBUILD, directory)
+    drop_stale_ranges(directory, meta)
     return meta["rows"]
 
 
@@ -248,7 +284,42 @@ def read_meta(directory):
         raise IndexFormatError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), str) or not isinstance(meta.get("dim"), int):
         raise IndexFormatError(f"{path}: not an index description (no model or dim)")
+    if index_precision(meta) not in INDEX_PRECISIONS:
+        raise IndexFormatError(f"{path}: precision {meta['precision']!r}, not one of {list(INDEX_PRECISIONS)}")
     return meta
+
+
+def index_precision(meta):
+    """What an index's vectors.npy holds: its index.json's precision, float32 where it records none (an index from
+    before compact ones)."""
+    return meta.get("precision", "float32")
+
+
+def read_ranges(directory, meta, rows):
+    """An int8 index's ranges [2, dim] float32 (ranges.npy), None for another precision or for an int8 index with no
+    rows yet (its ranges come with its first passages); IndexFormatError if they are missing or damaged."""
+    if index_precision(meta) != "int8":
+        return None
+    path = Path(directory) / RANGES
+    if not path.is_file():
+        if rows == 0:
+            return None
+        raise IndexFormatError(f"{path}: not found; an int8 index keeps there the ranges its codes were made with")
+    try:
+        return check_ranges(np.load(path, allow_pickle=False), meta["dim"])
+    except (OSError, ValueError, TypeError) as e:
+        raise IndexFormatError(f"{path}: not the index's ranges ({e})") from None
+
+
+def save_ranges(directory, ranges):
+    """ranges.npy, written whole or not at all: before the first code made with them (see Compactor)."""
+    spare = Path(directory) / (RANGES + ".new")
+    try:
+        with open(spare, "wb") as f:
+            np.save(f, np.asarray(ranges, np.float32))
+        os.replace(spare, Path(directory) / RANGES)
+    except OSError as e:
+        raise cannot_write(Path(directory) / RANGES, e) from None
 
 
 def passage_record(line, path, number, field="text"):
@@ -278,8 +349,8 @@ def passage_lines(directory, rows, start=0):
 
 
 def load_index(directory):
-    """(vectors memory-mapped, meta, passages.jsonl open for reading) of an index directory; IndexFormatError naming the
-    file on any inconsistency.
+    """(vectors memory-mapped, meta, passages.jsonl open for reading, int8 ranges or None) of an index directory;
+    IndexFormatError naming the file on any inconsistency.
 
     The passages stay on disk: `passages_at` reads the ones a search returns, so a million-passage index
     costs a query its vectors' pages, not a million strings. The file is opened here, right after the vectors are
@@ -297,11 +368,17 @@ def load_index(directory):
             raise IndexFormatError(f"{directory / name}: not found; is {directory} an index made by `e5np search build`?")
     meta = read_meta(directory)
     vectors = np.load(directory / VECTORS, mmap_mode="r")
-    if vectors.ndim != 2 or vectors.shape[1] != meta["dim"]:
-        raise IndexFormatError(f"{directory / VECTORS} has shape {vectors.shape} but {META} says dim {meta['dim']}")
+    precision = index_precision(meta)
+    width, dtype = code_layout(precision, meta["dim"])
+    if vectors.ndim != 2 or vectors.shape[1] != width:
+        raise IndexFormatError(f"{directory / VECTORS} has shape {vectors.shape} but {META} says dim {meta['dim']}"
+                               + ("" if precision == "float32" else f", {precision}: rows of {width}"))
+    if precision != "float32" and vectors.dtype != np.dtype(dtype):  # (float32 ones are read as float32 whatever)
+        raise IndexFormatError(f"{directory / VECTORS} holds {vectors.dtype} but {META} says precision {precision}")
     if meta.get("complete", True) and meta.get("rows", len(vectors)) != len(vectors):   # (unfinished: may be ahead)
         raise IndexFormatError(f"{directory / VECTORS} has {len(vectors)} rows but {META} says {meta['rows']}")
-    return vectors, meta, open(directory / PASSAGES, "rb")
+    ranges = read_ranges(directory, meta, len(vectors))
+    return vectors, meta, open(directory / PASSAGES, "rb"), ranges
 
 
 def passages_at(passages, indices, rows, complete=True, field="text"):
@@ -328,11 +405,13 @@ class IndexWriter(NpyWriter):
     `directory` is (named in what kept() says); resume_command: how kept() says to continue."""
 
     def __init__(self, directory, model_name, dim, resume_command, made_by, field=None, build_start=None,
-                 append=False, replacing=None):
+                 append=False, replacing=None, precision="float32"):
         self.directory, self.resume_command, self.replacing = Path(directory), resume_command, replacing
-        super().__init__(str(self.directory / VECTORS), dim, append=append)
+        width, dtype = code_layout(precision, dim)                     # vectors.npy's rows: floats, or codes
+        super().__init__(str(self.directory / VECTORS), width, append=append, dtype=dtype)
         self.build_start = self.rows if build_start is None else build_start   # the first row of this corpus
         self.meta = {"model": model_name, "dim": dim, "rows": self.rows, "complete": False, "field": field,
+                     "precision": precision, **({"ranges": RANGES} if precision == "int8" else {}),
                      "build_start": self.build_start, **made_by}     # index.json: see write_meta
         self.passages = self.open(self.directory / PASSAGES, "r+b" if append else "wb")
         for number in range(1, self.rows + 1):                        # keep the committed passages, drop the rest
@@ -479,10 +558,14 @@ def build(directory, passages, model=None, **options):
         unlock_directory(directory)
 
 
-def build_locked(directory, passages, model=None, *, append=False, resume=False, field=None, batch_size=32,
-                 threads=None, progress=None):
+def build_locked(directory, passages, model=None, *, append=False, resume=False, field=None, precision=None,
+                 ranges=None, calibration=None, batch_size=32, threads=None, progress=None):
     if append and resume:
         raise ValueError("append or resume, not both")
+    if precision is not None and precision not in INDEX_PRECISIONS:
+        raise ValueError(f"precision must be one of {list(INDEX_PRECISIONS)}, got {precision!r}")
+    if ranges is not None and calibration is not None:
+        raise ValueError("ranges or calibration, not both (ranges are made from calibration vectors)")
     out, named = Path(directory), os.fspath(directory)
     source = Passages(passages, field)
     resume_command = f"`e5np search build --resume {shlex.quote(source.name or 'CORPUS')} {shlex.quote(named)}`"
@@ -503,6 +586,10 @@ def build_locked(directory, passages, model=None, *, append=False, resume=False,
     where, meta, replacing = build_target(out, resume, append, resume_command)
     if continuing:
         name = check_continuable(where, meta, resume, name, source)
+        precision = check_same_precision(where, meta, resume, precision)
+    precision = precision or "float32"                                 # a new index, a rebuild too: unless asked
+    if precision != "int8" and (ranges is not None or calibration is not None):
+        raise ValueError(f"ranges and calibration are for an int8 index, not a {precision} one")
     if source.input is not None:                                       # (a rebuild from its own passages: allowed)
         refuse_to_overwrite_input([where / file for file in (VECTORS, PASSAGES, META)], source.input.path)
     name = name or DEFAULT_MODEL
@@ -517,6 +604,10 @@ def build_locked(directory, passages, model=None, *, append=False, resume=False,
                "recipe": passage_recipe(model)}                        # what decides the vectors: index.json keeps it
     if continuing:
         check_same_model(name, where, meta, model.dim, made_by)
+    kept = continued_ranges(where, meta) if continuing and precision == "int8" else None
+    ranges = starting_ranges(where, kept, model.dim, ranges, calibration, resume)
+    if precision == "int8" and ranges is None and not resume and len(first_chunk) == 1:
+        raise ValueError(ONE_PASSAGE)
     try:
         where.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -527,7 +618,10 @@ def build_locked(directory, passages, model=None, *, append=False, resume=False,
         field, records = None, ((text, {"text": text}) for text, _ in records)
     build_start = meta.get("build_start", 0) if resume else None       # where this corpus's passages begin
     writer = IndexWriter(where, name, model.dim, resume_command, made_by, field, build_start, append=continuing,
-                         replacing=out if replacing else None)
+                         replacing=out if replacing else None, precision=precision)
+    if ranges is not None and kept is None:                            # given: saved before any code is written
+        save_ranges(where, ranges)
+    compact = Compactor(precision, where, ranges)
     if resume:                                         # (stopped here, the index is as it was: nothing to say)
         try:
             skip_indexed(records, passage_lines(where, writer.rows, writer.build_start), source.name, where,
@@ -538,7 +632,7 @@ def build_locked(directory, passages, model=None, *, append=False, resume=False,
             raise
 
     def embed(texts):
-        return embed_passages(model, texts, batch_size=batch_size, threads=threads, progress=progress)
+        return compact(embed_passages(model, texts, batch_size=batch_size, threads=threads, progress=progress))
     try:
         write_stream(embed, records, writer)
     except BaseException as error:
@@ -550,6 +644,7 @@ def build_locked(directory, passages, model=None, *, append=False, resume=False,
             replace_index(where, out)
         except OSError as e:
             raise cannot_move(where, out, e) from None
+        drop_stale_ranges(out, writer.meta)
     return Index.open(directory, Built(writer.rows, writer.rows - writer.build_start, writer.build_start,
                                        bool(replacing), moved))
 
@@ -607,6 +702,63 @@ def check_continuable(out, meta, resume, name, source):
     return meta["model"]
 
 
+def check_same_precision(out, meta, resume, precision):
+    """The index's precision, which a build continuing it keeps (precision None: the index's); IndexStateError if
+    another is asked for: one vectors.npy holds one kind of rows."""
+    kept = index_precision(meta)
+    if precision not in (None, kept):
+        built, verb = ("is being built", "resume it") if resume else ("is built", "append to it")
+        raise IndexStateError(f"{out} {built} with precision {kept}, not {precision}: {verb} with precision {kept}")
+    return kept
+
+
+def continued_ranges(where, meta):
+    """The ranges an int8 index being continued keeps (read_ranges, for the rows its vectors.npy holds: an unfinished
+    build's index.json may count fewer)."""
+    try:
+        rows = len(np.load(where / VECTORS, mmap_mode="r")) if (where / VECTORS).is_file() else 0
+    except (OSError, ValueError):
+        rows = 0                                                       # (IndexWriter says what is wrong with it)
+    return read_ranges(where, meta, rows)
+
+
+def starting_ranges(out, kept, dim, ranges, calibration, resume):
+    """The int8 ranges a build starts with: those the index it continues keeps (kept), else those given or made from
+    calibration vectors, else None (the first chunk's: see Compactor). ValueError for given ranges not of shape
+    (2, dim); IndexStateError for given ones other than those kept: the index's codes are made with those, and codes
+    of two scales do not compare."""
+    given = None
+    if ranges is not None or calibration is not None:
+        given = check_ranges(calibration_ranges(calibration) if ranges is None else ranges, dim)
+    if kept is not None and given is not None and not np.array_equal(kept, given):
+        raise IndexStateError(f"{out} keeps the int8 ranges its codes were made with ({out / RANGES}), and these "
+                              f"differ: {'resume' if resume else 'append'} without ranges or calibration")
+    return kept if kept is not None else given
+
+
+ONE_PASSAGE = ("an int8 index takes its ranges from its first passages, and a single passage has none: give ranges "
+               "or calibration vectors")
+
+
+class Compactor:
+    """Float vectors -> what an index's vectors.npy stores: the vectors (float32), or e5np.quantize's codes. An int8
+    index's ranges are set once: given, kept by the index, or else made from the first vectors compacted (a build's
+    first chunk, CHUNK passages) and saved to ranges.npy before any code made with them is written."""
+
+    def __init__(self, precision, directory, ranges=None):
+        self.precision, self.directory, self.ranges = precision, directory, ranges
+
+    def __call__(self, vectors):
+        if self.precision == "float32":
+            return vectors
+        if self.precision == "int8" and self.ranges is None:
+            if len(vectors) < 2:
+                raise ValueError(ONE_PASSAGE)
+            self.ranges = calibration_ranges(vectors).astype(np.float32)   # as ranges.npy keeps them
+            save_ranges(self.directory, self.ranges)
+        return quantize(vectors, self.precision, self.ranges)
+
+
 def check_same_model(name, out, meta, dim, made_by):
     """IndexStateError unless the model makes vectors of the index's size, with the weights and the recipe (see
     passage_recipe) that made its vectors."""
@@ -644,17 +796,21 @@ class Index:
 
     Index.open(directory) opens one; Index.build(directory, passages, model) builds one (also appending to it, or
     resuming a build stopped by Ctrl-C, an error or a kill) and opens it. index.query(texts) ranks the passages
-    by cosine similarity to each query; index.search(vectors) does for query vectors made elsewhere.
+    by cosine similarity to each query (a compact index: by its codes' scores, see query); index.search(vectors)
+    does for query vectors made elsewhere.
 
     Attributes: directory, model_name (the model it was built with), dim, len(index) (passages with vectors),
-    complete (false: an unfinished build's first passages), field (the records' text field; None for plain text),
-    meta (index.json), notices (what a query answers with an IndexWarning: an unfinished or empty index, a rebuild
-    waiting beside it), built (for an index Index.build returned: what the build did, see Built; else None).
-    Close it (or use it as a context manager) to close passages.jsonl; the vectors' map goes with the object.
+    precision (what it stores: "float32", or compact "int8" / "binary" codes), ranges (an int8 index's [2, dim],
+    else None), complete (false: an unfinished build's first passages), field (the records' text field; None for
+    plain text), meta (index.json), notices (what a query answers with an IndexWarning: an unfinished or empty
+    index, a rebuild waiting beside it), built (for an index Index.build returned: what the build did, see Built;
+    else None). Close it (or use it as a context manager) to close passages.jsonl; the vectors' map goes with the
+    object.
     """
 
-    def __init__(self, directory, vectors, meta, passages_file, built=None):
+    def __init__(self, directory, vectors, meta, passages_file, ranges=None, built=None):
         self.directory, self.vectors, self.meta, self.passages_file = os.fspath(directory), vectors, meta, passages_file
+        self.ranges, self.words = ranges, None                         # words: a binary index's bit_words, once
         self.built, self.models, self.warned = built, {}, False
         self.notices = state_notices(self.directory, meta, len(vectors))
 
@@ -665,8 +821,8 @@ class Index:
         return cls(directory, *load_index(directory), built=built)
 
     @classmethod
-    def build(cls, directory, passages, model=None, *, append=False, resume=False, field=None, batch_size=32,
-              threads=None, progress=None):
+    def build(cls, directory, passages, model=None, *, append=False, resume=False, field=None, precision=None,
+              ranges=None, calibration=None, batch_size=32, threads=None, progress=None):
         """Embeds passages into the index in directory, and returns it opened (index.built says what was done).
 
         passages: texts (str), records (dicts whose `field`, "text" by default, holds the text; passages.jsonl keeps
@@ -680,14 +836,21 @@ class Index:
         resume=True continues an unfinished build (or rebuild, or append) from where it stopped, after checking
         that the passages begin with those it holds. progress(n) is called as each batch of n passages is embedded.
 
+        precision: what vectors.npy stores, "float32" (the default for a new index or a rebuild), "int8" (4x
+        smaller) or "binary" (32x); appending and resuming keep the index's (None), another is an IndexStateError.
+        int8 codes are made with per-dimension ranges [2, dim], saved in ranges.npy: `ranges`, else made from
+        `calibration` vectors [n, dim] (e5np.calibration_ranges), else from the first chunk's passages (values
+        beyond them clip to the end levels). An int8 index continued keeps its own: ranges or calibration giving
+        others are an IndexStateError.
+
         Raises IndexStateError for a build what the directory holds does not allow (see it), IndexFormatError for
         damaged files, IndexLockedError while another process builds there, e5np.formats.FormatError for a passage
         or file that cannot be read, WriteError for a file that cannot be written. An error or Ctrl-C mid-build
         leaves an unfinished index that resume=True continues (a rebuild: the old index whole, beside it); the
         exception goes on, with `index_state` saying what the directory holds.
         """
-        return build(directory, passages, model, append=append, resume=resume, field=field, batch_size=batch_size,
-                     threads=threads, progress=progress)
+        return build(directory, passages, model, append=append, resume=resume, field=field, precision=precision,
+                     ranges=ranges, calibration=calibration, batch_size=batch_size, threads=threads, progress=progress)
 
     @property
     def model_name(self):
@@ -696,6 +859,10 @@ class Index:
     @property
     def dim(self):
         return self.meta["dim"]
+
+    @property
+    def precision(self):
+        return index_precision(self.meta)
 
     @property
     def complete(self):
@@ -710,6 +877,7 @@ class Index:
 
     def __repr__(self):
         return (f"e5np.Index({self.directory!r}, model={self.model_name!r}, dim={self.dim}, passages={len(self)}"
+                f"{'' if self.precision == 'float32' else f', precision={self.precision!r}'}"
                 f"{'' if self.complete else ', unfinished'})")
 
     def close(self):
@@ -721,10 +889,16 @@ class Index:
     def __exit__(self, *exc):
         self.close()
 
-    def query(self, queries, top_k=10, model=None):
+    def query(self, queries, top_k=10, model=None, rescore=None):
         """The top_k passages for each query, best first (equal scores in corpus order): a list of hits for one
         query (a str), a list of such lists for a list of them. A hit is {"rank", "index" (the passage's row),
-        "score" (the cosine), "text"}, and "record" (the passage's record) for an index of JSON lines.
+        "score", "text"}, and "record" (the passage's record) for an index of JSON lines.
+
+        The score is the cosine for a float32 index. A compact one ranks by its codes' scores (see compact_top_k):
+        int8, the dot product of the query's int8 codes with the passage's (an integer); binary, minus the Hamming
+        distance of their sign bits. rescore=m (int8 or binary; a float32 index's scores are exact, and it raises
+        IndexStateError) takes the best m * top_k so and ranks them by the float query's dot product with the
+        passage's int8 codes dequantized (about the cosine) or its bits as +-1, which is then the score.
 
         model: a loaded e5np.Model, or a name to load (default: the index's model, loaded once). IndexStateError
         if its vectors are not of the index's size; a ModelMismatchWarning if its weights or recipe are not the
@@ -733,7 +907,7 @@ class Index:
         queries = [queries] if single else list(queries)
         model = self.query_model(model)
         vectors = model.encode_queries(queries, normalize=True)        # scores are cosines, whatever the model does
-        hits = self.ranked(vectors, top_k)
+        hits = self.ranked(vectors, top_k, rescore)
         return hits[0] if single else hits
 
     def query_model(self, model=None):
@@ -751,25 +925,25 @@ class Index:
         self.models[key] = model
         return model
 
-    def search(self, vectors, top_k=10):
+    def search(self, vectors, top_k=10, rescore=None):
         """As query, for query vectors ([H] for one query, [q, H]) made elsewhere; they are L2-normalized here."""
         vectors = np.asarray(vectors, dtype=np.float32)
         single = vectors.ndim == 1
         queries = vectors.reshape(1, -1) if single else vectors
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"query vectors of shape {vectors.shape}: the index holds {self.dim}-dim vectors")
-        hits = self.ranked(l2_normalize(queries), top_k)
+        hits = self.ranked(l2_normalize(queries), top_k, rescore)
         return hits[0] if single else hits
 
-    def ranked(self, queries, k):
+    def ranked(self, queries, k, rescore=None):
         """The hits of unit query vectors [q, H], per query (see query)."""
         k = check_positive_int("top_k", k)
+        rescore = self.check_rescore(rescore)
         if not self.warned:
             self.warned = True
             for notice in self.notices:
                 warnings.warn(IndexWarning(notice), stacklevel=caller_stacklevel())
-        unit_rows = self.meta.get("recipe", {}).get("normalize", True)  # false: a model's raw vectors, see top_k
-        indices, scores = top_k(self.vectors, queries, k, unit_rows=unit_rows is not False)
+        indices, scores = self.top_k(queries, k, rescore)
         self.passages_file.seek(0)
         field = self.field or "text"
         passages = passages_at(self.passages_file, indices.ravel().tolist(), len(self), self.complete, field)
@@ -780,6 +954,25 @@ class Index:
             return {**found, "record": record} if self.field else found
         return [[hit(r + 1, int(i), float(s)) for r, (i, s) in enumerate(zip(row_i, row_s))]
                 for row_i, row_s in zip(indices, scores)]
+
+    def check_rescore(self, rescore):
+        """rescore, checked: None, or a positive integer for a compact index (ValueError, IndexStateError)."""
+        if rescore is None:
+            return None
+        rescore = check_positive_int("rescore", rescore)
+        if self.precision == "float32":
+            raise IndexStateError(f"{self.directory} holds float32 vectors, whose scores are exact: rescoring is for "
+                                  "an int8 or binary index")
+        return rescore
+
+    def top_k(self, queries, k, rescore=None):
+        """(indices, scores) of the k best rows for unit queries: top_k for float32 vectors, else compact_top_k."""
+        if self.precision == "float32":
+            unit_rows = self.meta.get("recipe", {}).get("normalize", True)  # false: a model's raw vectors, see top_k
+            return top_k(self.vectors, queries, k, unit_rows=unit_rows is not False)
+        if self.precision == "binary" and self.words is None:
+            self.words = bit_words(self.vectors, "binary")              # the layout hamming() scans: made once
+        return compact_top_k(self.vectors, queries, k, self.precision, self.ranges, rescore, self.words)
 
 
 def state_notices(directory, meta, rows):

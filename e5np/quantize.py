@@ -23,6 +23,13 @@ def check_precision(precision):
     return precision
 
 
+def code_layout(precision, dim):
+    """(row width, .npy dtype) of `precision` codes of dim-dimensional vectors: a byte (or a float) a dimension, or
+    a bit a dimension packed 8 to a byte."""
+    width = -(-dim // 8) if check_precision(precision) in ("binary", "ubinary") else dim
+    return width, {"int8": "i1", "uint8": "u1", "binary": "i1", "ubinary": "u1"}.get(precision, "<f4")
+
+
 def float_vectors(vectors, name="vectors"):
     """vectors as a float NumPy array of 1 or 2 dimensions (a vector, or rows of them)."""
     array = np.asarray(vectors)

@@ -80,7 +80,7 @@ def test_every_code_block_is_run_or_says_why_not():
 
 def test_every_example_has_its_test():
     tested = {"quickstart-python", "quickstart-cli", "offline", "cli", "server", "api", "forward", "index",
-              "long-texts", "compact-vectors",
+              "long-texts", "compact-vectors", "compact-index", "compact-index-cli",
               "langchain", "llama-index", "chroma"}                # the last three: tests/test_integrations_docs.py
     assert set(EXAMPLES) == tested
 
@@ -166,6 +166,21 @@ def test_compact_vectors_example_runs(tmp_path, monkeypatch):
     assert namespace["bits"].dtype.name == "uint8" and namespace["bits"].shape == (3, dim // 8)
     np.testing.assert_array_equal(namespace["codes"], e5np.quantize(namespace["passages"], "int8",
                                                                      ranges=namespace["ranges"]))
+
+
+def test_compact_index_example_runs(tmp_path, monkeypatch, capsys):
+    namespace = run_python("compact-index", tmp_path, monkeypatch)
+    assert capsys.readouterr().out.startswith(namespace["rescored"][0]["text"] + " ")
+    assert [hit["rank"] for hit in namespace["by_codes"]] == [1, 2]
+    with e5np.Index.open(tmp_path / "int8-index") as index:
+        assert index.precision == "int8" and index.vectors.dtype.name == "int8" and index.ranges.shape == (2, 32)
+        assert index.query("what do pandas eat?", top_k=2, rescore=4) == namespace["rescored"]
+
+
+def test_compact_index_cli_example_runs(tmp_path):
+    result = run_bash(example("compact-index-cli"), tmp_path)
+    assert np.load(tmp_path / "bits-index" / "vectors.npy").shape == (3, 4)
+    assert result.stdout.startswith("query: what do pandas eat?\n") and len(result.stdout.splitlines()) == 3
 
 
 def test_api_example_runs(tmp_path, monkeypatch):

@@ -13,6 +13,11 @@ score, rescored by the float32 query's dot product with the int8 codes dequantiz
 "int8-rescored": binary search, its candidates rescored with their int8 codes (a binary index in memory, int8 vectors
 beside it, as sentence-transformers' docs suggest; bytes: both).
 
+The compact index end to end, on the same corpus: e5np.Index.build of the passages as float32, int8 and binary
+(int8 ranges: the first chunk's, here the first 2,048 passages, the index's default), searched with the queries'
+vectors without and with rescoring (index.search(..., rescore=N)); recall@10 against the float32 index's top 10,
+and the bytes of the index's .npy files (vectors.npy, and ranges.npy for int8).
+
 Cost, on --rows random unit vectors (standard normal, normalized; seed 0) of the model's width: timing needs only the
 shapes, not real vectors, so recall is not measured there. Bytes of the vectors as stored; query time per query
 (scores for every row, then the top 10, then any rescoring): the fastest of --queries queries run one at a time,
@@ -27,6 +32,7 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +52,7 @@ SETUPS = [("float32", "float32", None, None), ("int8", "int8", None, None), ("in
           ("binary, rescored x4", "ubinary", 4, None), ("binary, rescored x10", "ubinary", 10, None),
           ("binary, rescored x50", "ubinary", 50, None),
           ("binary, int8-rescored x4", "ubinary", 4, "int8"), ("binary, int8-rescored x10", "ubinary", 10, "int8")]
+INDEXED = [("float32", None), ("int8", None), ("int8", 4), ("binary", None), ("binary", 10)]  # (precision, rescore)
 TIMED = {"float32", "int8", "int8, rescored x4", "binary", "binary, rescored x10", "binary, int8-rescored x10"}
 
 
@@ -84,6 +91,25 @@ def quality(model, sts_path):
         found, _ = run_search(q, codes, precision, multiplier, rescore_codes, rescore_precision, ranges)
         rows[name] = {"recall@10": recall(found, truth),
                       "bytes": int(codes.nbytes + (0 if rescore_codes is None else rescore_codes.nbytes))}
+    return {"queries": len(queries), "passages": len(passages), "rows": rows}
+
+
+def end_to_end(model, sts_path):
+    """Each INDEXED index built from the STS-B passages and searched with its queries' vectors: recall@10 against
+    the float32 index's top 10, and the bytes of the index's .npy files."""
+    queries, passages = read_sts(sts_path)
+    q = model.encode_queries(queries, normalize=True)
+    rows, exact = {}, None
+    with tempfile.TemporaryDirectory() as tmp:
+        for precision in dict.fromkeys(precision for precision, _ in INDEXED):     # float32 first: the truth
+            directory = Path(tmp) / precision
+            with e5np.Index.build(directory, passages, model, precision=precision) as index:
+                stored = sum(path.stat().st_size for path in directory.glob("*.npy"))
+                for rescore in [r for p, r in INDEXED if p == precision]:
+                    found = np.array([[hit["index"] for hit in hits] for hits in index.search(q, K, rescore=rescore)])
+                    exact = found if exact is None else exact
+                    name = precision + (f", rescore={rescore}" if rescore else "")
+                    rows[name] = {"recall@10": recall(found, exact), "bytes_on_disk": stored}
     return {"queries": len(queries), "passages": len(passages), "rows": rows}
 
 
@@ -159,6 +185,11 @@ def table(result):
         else:
             cells += ["", "", "", "", ""]
         lines.append("| " + " | ".join(cells) + " |")
+    indexed = result["index"]
+    lines += ["", f"The index end to end (e5np.Index, {indexed['passages']} passages, {indexed['queries']} queries):",
+              "", "| index | recall@10 | bytes on disk (.npy files) |", "| --- | ---: | ---: |"]
+    lines += [f"| {name} | {row['recall@10']:.4f} | {row['bytes_on_disk']:,} |"
+              for name, row in indexed["rows"].items()]
     return "\n".join(lines)
 
 
@@ -176,7 +207,8 @@ def main():
 
         args.model, label = str(minilm_dir()), "all-MiniLM-L6-v2 (the real weights)"
     model = e5np.load(args.model)
-    result = {"cpu": cpu_name(), "numpy": np.__version__, "model": label, "quality": quality(model, args.sts), "cost": cost(args.rows, model.dim, args.queries)}
+    result = {"cpu": cpu_name(), "numpy": np.__version__, "model": label, "quality": quality(model, args.sts),
+              "index": end_to_end(model, args.sts), "cost": cost(args.rows, model.dim, args.queries)}
     print(json.dumps(result, indent=2) if args.json else table(result))
 
 
