@@ -906,8 +906,7 @@ class Index:
         single = isinstance(queries, str)
         queries = [queries] if single else list(queries)
         model = self.query_model(model)
-        vectors = model.encode_queries(queries, normalize=True)        # scores are cosines, whatever the model does
-        hits = self.ranked(vectors, top_k, rescore)
+        hits = self.search(model.encode_queries(queries), top_k, rescore)   # normalized there: scores are cosines
         return hits[0] if single else hits
 
     def query_model(self, model=None):
