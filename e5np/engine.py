@@ -1,15 +1,18 @@
 """The fast BERT encoder: the math of `e5np.reference`, computed on packed rows in cache-sized steps (float32).
 
 Every function here is pure: arrays in, arrays out, no I/O and no hidden state. The weights are the nested dict
-of `e5np.checkpoint.load_weights`, linear weights stored as [in, out]. `e5np.reference` is the same model as the
-paper writes it (padded texts, an additive mask, erf GELU); this module gives its numbers to float32's precision
-(tests/test_reference.py holds the two together) by doing less work, and the same functions more cheaply:
+of `e5np.checkpoint.load_weights`, linear weights stored as [in, out], with their column blocks (`with_blocks`).
+`e5np.reference` is the same model as the paper writes it (padded texts, an additive mask, erf GELU); this module
+gives its numbers to float32's precision (tests/test_reference.py holds the two together) by doing less work, and
+the same functions more cheaply:
 
 - no padding: between the embeddings and the last layer a batch is one [S, H] array of its texts' real tokens end
   to end. Every step but attention treats each token on its own, and attention slices each text's rows out, which
   is what the -inf mask achieves, without computing the padded part.
 - attention in cache-sized steps (`self_attention`): several small heads, and texts of equal length
   (`equal_length_runs`), share one product; a long text's heads go one at a time.
+- a pass of few tokens (a query) multiplies by weights cut into column blocks (`linear`), which OpenBLAS packs
+  in its L2 cache.
 - bias + GELU and residual + LayerNorm over blocks of rows that stay in cache (`in_blocks`), written in place.
 - GELU without erf and the exponential NumPy runs fastest on this CPU: `e5np.numerics`.
 
@@ -54,8 +57,40 @@ def in_blocks(fn, *arrays, out=None, block_elements=262144):
     return result.reshape(*arrays[0].shape[:-1], result.shape[-1])
 
 
-def linear(x, w, b=None):
-    y = x @ w                                                          # [S, in] @ [in, out] -> [S, out]
+# A pass of this many tokens (a query, a few) multiplies each weight cut into column blocks (`with_blocks`).
+# OpenBLAS packs the whole weight matrix on every call before it multiplies, and for so few rows the packing
+# costs more than the arithmetic: a [12, 384] @ [384, 1536] product runs 1.9x faster as eight [384, 192] blocks
+# held contiguous, each small enough to pack in the L2 cache (docs/performance.md, Speed, second round). Not below
+# BLOCKED_PASS.start: there OpenBLAS takes a [S, 1536] @ [1536, 192] block to its small-matrix kernel, which rounds
+# differently from the whole product, and a text would get other bits alone than in a batch. Not above 64 tokens:
+# from there the whole matrix is as fast, and from a few hundred faster.
+BLOCKED_PASS = range(6, 65)
+BLOCK_COLUMNS = 192
+
+
+def with_blocks(params):
+    """params with every linear layer's weight also cut into column blocks: "blocks" [out / c, in, c], c =
+    BLOCK_COLUMNS, each block contiguous (for `linear` on few rows). A layer whose width c does not divide is left
+    as it is, and so is the rest: the arrays are shared, not copied."""
+    def blocked(linear_layer):
+        w = linear_layer["w"]                                          # [in, out]
+        if w.shape[1] % BLOCK_COLUMNS or w.shape[1] == BLOCK_COLUMNS:
+            return linear_layer
+        blocks = w.reshape(w.shape[0], -1, BLOCK_COLUMNS).transpose(1, 0, 2)  # [in, out] -> [out / c, in, c], a view
+        return {**linear_layer, "blocks": np.ascontiguousarray(blocks)}
+    layers = [{**layer,
+               "attention": {name: blocked(part) for name, part in layer["attention"].items()},
+               "ffn": {name: blocked(part) for name, part in layer["ffn"].items()}}
+              for layer in params["layers"]]
+    return {**params, "layers": layers}
+
+
+def linear(x, w, b=None, blocks=None):
+    if blocks is not None and len(x) in BLOCKED_PASS:
+        y = np.matmul(x, blocks)                                       # [S, in] @ [n, in, c] -> [n, S, c]
+        y = y.transpose(1, 0, 2).reshape(len(x), -1)                   # -> [S, n * c] = [S, out], a copy: ours
+    else:
+        y = x @ w                                                      # [S, in] @ [in, out] -> [S, out]
     if b is not None:
         y += b                                                         # in place: y is ours, saves a copy
     return y
@@ -135,7 +170,7 @@ def self_attention(x, lengths, query, key, value, output, n_heads, keep_probs=Fa
 
 
 def feed_forward(x, up, down):
-    h = linear(x, up["w"])                                             # [S, H] -> [S, F]
+    h = linear(x, up["w"], blocks=up.get("blocks"))                    # [S, H] -> [S, F], the bias comes next
     def bias_gelu(rows):                                               # rows of h: ours to add to in place
         rows += up["b"]
         return gelu(rows)

@@ -130,7 +130,10 @@ class Model:
                  threads=None, pooling="mean", normalize=True, prefixes=None, default_prefix=""):
         check_options(pooling, normalize, prefixes, threads)
         check_prefix("default_prefix", default_prefix)
-        self.params = params
+        self.params = params                   # the checkpoint's weights, as e5np.reference reads them
+        # the fast engine's: the same arrays and each linear weight's column blocks too (for queries: e5np.engine)
+        float64 = np.dtype(dtype) == np.float64                       # the reference runs those
+        self.engine_params = params if float64 else engine.with_blocks(params)
         self.threads = int(threads) if threads else available_cpus()
         self.pooling = pooling
         self.normalize = bool(normalize)
@@ -165,15 +168,15 @@ class Model:
     def _run(self, batch, keep_hidden=False, keep_attention=False):
         # float64 is the ground truth: the model as the paper writes it; float32 the fast engine (the same numbers
         # to float32's precision, tests/test_reference.py)
-        run = reference.forward if np.dtype(self.dtype) == np.float64 else engine.encode
+        float64 = np.dtype(self.dtype) == np.float64
+        run, params = (reference.forward, self.params) if float64 else (engine.encode, self.engine_params)
         # A pass of few tokens (a query) runs its BLAS on one thread: OpenBLAS's second thread gains little on
         # products of a few rows, and waits for a core whenever another process holds it (docs/performance.md,
         # Speed, second round: 60x slower a query on a busy 2-core machine).
         few = int(np.count_nonzero(batch.attention_mask)) <= engine.ONE_THREAD_TOKENS
         with one_blas_thread() if few else contextlib.nullcontext():
-            return run(batch.input_ids, batch.attention_mask, self.params,
-                       n_heads=self.config.num_attention_heads, eps=self.config.layer_norm_eps,
-                       position_offset=self.config.position_offset,
+            return run(batch.input_ids, batch.attention_mask, params, n_heads=self.config.num_attention_heads,
+                       eps=self.config.layer_norm_eps, position_offset=self.config.position_offset,
                        keep_hidden=keep_hidden, keep_attention=keep_attention)
 
     def prefix(self, kind=None):

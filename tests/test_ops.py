@@ -283,3 +283,20 @@ def test_ops_keep_dtype(dtype):
     ids = np.array([[2, 7, 9, 3]])
     last, _, _ = engine.encode(ids, np.ones_like(ids), params, n_heads=4, eps=1e-12)
     assert last.dtype == dtype
+
+
+@pytest.mark.parametrize("rows", [engine.BLOCKED_PASS.start - 1, engine.BLOCKED_PASS.start, 12,
+                                  engine.BLOCKED_PASS.stop - 1, engine.BLOCKED_PASS.stop])
+def test_linear_multiplies_by_the_column_blocks_on_few_rows_only(rows):
+    """Within BLOCKED_PASS linear reads the blocks, outside it w: here they hold different matrices, to tell."""
+    x = rng.standard_normal((rows, 384)).astype(np.float32)
+    w, other = (rng.standard_normal((384, 1536)).astype(np.float32) for _ in range(2))
+    b = rng.standard_normal(1536).astype(np.float32)
+    blocks = engine.with_blocks({"layers": [{"attention": {}, "ffn": {"up": {"w": other, "b": b}}}]})
+    blocks = blocks["layers"][0]["ffn"]["up"]["blocks"]                 # other's, [8, 384, 192]
+    assert blocks.shape == (1536 // engine.BLOCK_COLUMNS, 384, engine.BLOCK_COLUMNS)
+    y = engine.linear(x, w, b, blocks=blocks)
+    used = other if rows in engine.BLOCKED_PASS else w
+    exact = x.astype(np.float64) @ used + b
+    assert y.dtype == np.float32 and y.flags.c_contiguous and y.shape == (rows, 1536)
+    assert np.abs(y - exact).max() <= 1e-4 * np.abs(exact).max()       # float32 sums of 384 products

@@ -12,17 +12,22 @@ import pytest
 
 from e5np import engine, reference
 from tests.corpus import LONG_TEXT, PARITY_TEXTS
+from tests.row_independence import assert_same_vectors
 
 FIXTURES = ["tiny", "minilm", "e5-shaped", "bert-wide", "st-cls", "xlmr"]
 # One padded batch of texts of many lengths, and one long text (truncated to the model's max_length: one attention
-# head per step) beside [CLS] [SEP] alone ("", in both), padded to the long one
-BATCHES = {"mixed": [text for text in PARITY_TEXTS if len(text) < 1000], "long": [LONG_TEXT, ""]}
+# head per step) beside [CLS] [SEP] alone ("", in both), padded to the long one; and a query's worth of tokens, which
+# the engine multiplies by its weights' column blocks (engine.BLOCKED_PASS)
+BATCHES = {"mixed": [text for text in PARITY_TEXTS if len(text) < 1000], "long": [LONG_TEXT, ""],
+           "query": ["query: how do I fix a flat tyre on my bike?", ""]}
 FLOAT64 = 1e-12                                                        # the engine in float64 against the reference
 
 
 def run(function, model, batch):
+    """function (engine.encode on the model's engine_params, reference.forward on its params) on a batch."""
     c = model.config
-    return function(batch.input_ids, batch.attention_mask, model.params, n_heads=c.num_attention_heads,
+    params = model.engine_params if function is engine.encode else model.params
+    return function(batch.input_ids, batch.attention_mask, params, n_heads=c.num_attention_heads,
                     eps=c.layer_norm_eps, position_offset=c.position_offset, keep_hidden=True, keep_attention=True)
 
 
@@ -39,6 +44,7 @@ def case(request, load_model):
     batch = model32.tokenize(texts)
     lengths = batch.attention_mask.sum(axis=1)
     assert lengths.min() == 2 and len(set(lengths.tolist())) > 1      # [CLS] [SEP] alone, and padding
+    assert (lengths.sum() in engine.BLOCKED_PASS) == (request.param[1] == "query")
     return run(engine.encode, model32, batch), run(engine.encode, model64, batch), run(reference.forward, model64,
                                                                                             batch), batch
 
@@ -130,3 +136,39 @@ def test_reference_keeps_dtype_and_shapes(load_model, dtype):
     assert maps[0].shape == (B, c.num_attention_heads, T, T)
     c_args = dict(n_heads=c.num_attention_heads, eps=c.layer_norm_eps, position_offset=c.position_offset)
     assert reference.forward(batch.input_ids, batch.attention_mask, model.params, **c_args)[1:] == (None, None)
+
+
+def test_the_engine_keeps_each_linear_weight_in_column_blocks_too(load_model):
+    """engine_params shares the checkpoint's arrays and adds each [in, out] weight's column blocks, [out / c, in, c]
+    with c = engine.BLOCK_COLUMNS, where c divides out (and is less); the reference's params have none."""
+    model = load_model("minilm")                                       # hidden 384, feed-forward 1536
+    c = engine.BLOCK_COLUMNS
+    for plain, fast in zip(model.params["layers"], model.engine_params["layers"]):
+        for group in ("attention", "ffn"):
+            for name, layer in plain[group].items():
+                w, blocked = layer["w"], fast[group][name]
+                assert "blocks" not in layer and blocked["w"] is w and blocked["b"] is layer["b"]
+                assert blocked["blocks"].shape == (w.shape[1] // c, w.shape[0], c)
+                assert blocked["blocks"].flags.c_contiguous
+                np.testing.assert_array_equal(np.concatenate(list(blocked["blocks"]), axis=1), w)
+    tiny = load_model("tiny")                                          # hidden 32: no block divides it
+    assert all("blocks" not in part for layer in tiny.engine_params["layers"]
+               for group in ("attention", "ffn") for part in layer[group].values())
+    assert load_model("minilm", dtype="float64").engine_params is load_model("minilm", dtype="float64").params
+
+
+def test_a_text_alone_gets_the_bits_it_gets_in_a_batch(load_model):
+    """A short text alone is a pass of few tokens (column blocks from 6, engine.BLOCKED_PASS), in a batch beside
+    a long one a pass of many (the whole weights): the same vector, bit for bit where this BLAS rounds rows
+    independently, to every length from [CLS] [SEP] alone past the blocks' range."""
+    model = load_model("minilm")
+    words = LONG_TEXT.split()
+    texts = [" ".join(words[:n]) for n in range(0, 80, 3)]
+    lengths = model.tokenize(texts).attention_mask.sum(axis=1)
+    assert lengths.min() == 2 and any(n in engine.BLOCKED_PASS for n in lengths) and lengths.max() > 64
+    assert any(n < engine.BLOCKED_PASS.start for n in lengths[1:])
+    alone = np.stack([model.encode(text) for text in texts])
+    batch = model.tokenize(texts + [LONG_TEXT])                         # one pass of them all (truncated)
+    last, _, _ = run(engine.encode, model, batch)
+    in_a_batch = reference.l2_normalize(reference.POOLINGS["mean"](last, batch.attention_mask))[:-1]
+    assert_same_vectors(alone, in_a_batch)

@@ -96,10 +96,10 @@ class Stopwatch:
 
     def count_linear_flops(self, linear):
         @functools.wraps(linear)
-        def counted(x, w, b=None):                                     # [S, in] @ [in, out]: 2 S in out
+        def counted(x, w, b=None, blocks=None):                        # [S, in] @ [in, out]: 2 S in out
             with self._lock:
                 self.linear_flops += 2 * x.shape[0] * w.shape[0] * w.shape[1]
-            return linear(x, w, b)
+            return linear(x, w, b, blocks)
         return counted
 
 
