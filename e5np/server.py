@@ -622,7 +622,10 @@ class EmbeddingServer:
         import uvicorn
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.socket = socket.socket(family, socket.SOCK_STREAM)
+        # proto named: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets whose proto reads TCP, and
+        # with it on a keep-alive client's every answer after the first waits ~40 ms for a delayed ACK between the
+        # headers' write and the body's
+        self.socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.socket.bind((host, port))

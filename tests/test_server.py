@@ -185,6 +185,24 @@ def test_serve_command(tmp_path):
         process.wait(timeout=10)
 
 
+def test_connections_send_without_nagles_delay(server, tiny):
+    """Every connection the server holds has TCP_NODELAY: an answer goes out as two writes (headers, body), and
+    with Nagle's algorithm on, a keep-alive client's second answer and every one after waited ~40 ms for the
+    delayed ACK of the first write (asyncio sets TCP_NODELAY only where the listening socket's proto is TCP)."""
+    assert server.socket.proto == socket.IPPROTO_TCP
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    try:
+        for _ in range(2):                                             # the same keep-alive connection twice
+            connection.request("POST", "/v1/embeddings", body=json.dumps({"input": "a query"}),
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            assert response.status == 200 and json.loads(response.read())["data"]
+        held = [protocol.transport.get_extra_info("socket") for protocol in server.uvicorn.server_state.connections]
+        assert held and all(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for sock in held)
+    finally:
+        connection.close()
+
+
 def test_silent_and_stalled_connections_are_closed_not_held(tiny):
     """A client that goes quiet (idle keep-alive, or a body short of its Content-Length) frees its thread."""
     srv = make_server(tiny, "127.0.0.1", 0, idle_timeout=0.5)
