@@ -8,7 +8,7 @@ and hands the round to one of the process's workers (runtime.workers(model.threa
 model.embed_tokens (length-sorted batches of the round's texts, from all its requests, on that worker's core) and
 hands each vector back to its request. There is a round for each worker at most; a worker that finishes one
 takes the next from whatever is waiting then, and while other rounds run a free worker waits until an eighth of a
-round's budget is queued (or the others finish). When requests are still arriving (read but not yet queued) a round
+round's budget, or half what the running rounds hold, is queued (or the others finish). When requests are still arriving (read but not yet queued) a round
 waits for them at most batch_wait seconds (2 ms by default), and never when none is.
 
 Backpressure: the queue holds at most max_queue_tokens tokens not yet taken by a round; a request that would pass
@@ -213,6 +213,7 @@ class Batcher:
         # waiting then (rounds do not wait for each other).
         self.slots = threading.Semaphore(model.threads)
         self.running = 0
+        self.running_tokens = 0           # tokens of the rounds running
         self.thread = threading.Thread(target=self.run, name="e5np-batcher", daemon=True)
         self.thread.start()
 
@@ -270,10 +271,12 @@ class Batcher:
             while True:
                 while not self.stopping and not self.queue:
                     self.lock.wait()
-                # While another round runs, a free worker waits for a round worth running (an eighth of the
-                # budget) or for the others to finish: a round of a text or two costs several times more a text.
-                while (self.running and self.queue and self.queued_tokens < self.round_tokens // 8
-                       and not self.stopping):
+                # While another round runs, a free worker waits for a round worth running or for the others to
+                # finish: a round of a text or two costs several times more a text. Worth running is an eighth of
+                # the budget, or half what the running rounds hold: clients that wait for their answers send no
+                # more, so a few dozen of them never queue an eighth while a round holds the rest.
+                while (self.running and self.queue and not self.stopping
+                       and self.queued_tokens < min(self.round_tokens // 8, self.running_tokens // 2)):
                     self.lock.wait()
                 if self.queue or self.stopping:
                     break
@@ -305,6 +308,7 @@ class Batcher:
             self.gauges()
             if pieces:
                 self.running += 1
+                self.running_tokens += sum(sum(job.lengths[start:end]) for job, start, end in pieces)
             return pieces
 
     def run(self):
@@ -329,6 +333,7 @@ class Batcher:
         finally:
             with self.lock:
                 self.running -= 1
+                self.running_tokens -= sum(sum(job.lengths[start:end]) for job, start, end in pieces)
                 self.lock.notify_all()
             self.slots.release()
 
