@@ -8,8 +8,9 @@ and hands the round to one of the process's workers (runtime.workers(model.threa
 model.embed_tokens (length-sorted batches of the round's texts, from all its requests, on that worker's core) and
 hands each vector back to its request. There is a round for each worker at most; a worker that finishes one
 takes the next from whatever is waiting then, and while other rounds run a free worker waits until an eighth of a
-round's budget, or half what the running rounds hold, is queued (or the others finish). When requests are still arriving (read but not yet queued) a round
-waits for them at most batch_wait seconds (2 ms by default), and never when none is.
+round's budget, or half what the running rounds hold, is queued (or the others finish). When requests are still
+arriving (read but not yet queued) a round waits for them at most batch_wait seconds (2 ms by default), and never
+when none is.
 
 Backpressure: the queue holds at most max_queue_tokens tokens not yet taken by a round; a request that would pass
 that bound gets 429 with Retry-After (an empty queue takes any request, however large, so that every request the
@@ -195,6 +196,11 @@ class Job:
             pass
 
 
+def tokens_of(pieces):
+    """The tokens of a round's pieces (job, start, end)."""
+    return sum(sum(job.lengths[start:end]) for job, start, end in pieces)
+
+
 class Batcher:
     """One thread forming rounds of texts from every queued request, each round one model.embed_tokens call run on
     one of the process's workers (see the module's doc)."""
@@ -308,7 +314,7 @@ class Batcher:
             self.gauges()
             if pieces:
                 self.running += 1
-                self.running_tokens += sum(sum(job.lengths[start:end]) for job, start, end in pieces)
+                self.running_tokens += tokens_of(pieces)
             return pieces
 
     def run(self):
@@ -333,7 +339,7 @@ class Batcher:
         finally:
             with self.lock:
                 self.running -= 1
-                self.running_tokens -= sum(sum(job.lengths[start:end]) for job, start, end in pieces)
+                self.running_tokens -= tokens_of(pieces)
                 self.lock.notify_all()
             self.slots.release()
 
