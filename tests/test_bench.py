@@ -129,7 +129,11 @@ def test_latency_table_beside_the_throughput_table():
     assert "warm median ms" in header and "warm p90 ms" in header
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
             for line in latency.splitlines() if line.startswith("| ") and not line.startswith("| engine")}
-    assert set(rows) == {"e5np", "hf-sdpa"}, latency                # sentence-transformers has no latency engine
+    # transformers before 4.41 has no SDPA attention for BERT: both tables then skip hf-sdpa, and say so.
+    no_sdpa = "skipping hf-sdpa: transformers" in result.stderr and "has no SDPA attention" in result.stderr
+    if no_sdpa:
+        assert "skipping hf-sdpa: a package it needs is missing" in result.stderr, result.stderr
+    assert set(rows) == ({"e5np"} if no_sdpa else {"e5np", "hf-sdpa"}), latency
     assert rows["e5np"][5] == "1.00x"
     for cells in rows.values():
         median, p90 = float(cells[3]), float(cells[4])
