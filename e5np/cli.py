@@ -442,12 +442,15 @@ def build_parser():
                                    "passages it holds")
     continuation.add_argument("--append", action="store_true",
                               help="add CORPUS's passages to the complete index INDEX, after the ones it holds")
-    build.add_argument("--precision", choices=["float32", "int8", "binary"], default=None,
-                       help="what the index stores: float32 vectors (default), int8 codes (4x smaller) or binary "
-                            "sign bits (32x); with --resume or --append, the index's (another is an error)")
+    build.add_argument("--precision", choices=["float32", "int8", "binary", "binary+int8"], default=None,
+                       help="what the index stores: float32 vectors (default), int8 codes (4x smaller), binary "
+                            "sign bits (32x), or binary+int8: both, queries searching the bits and --rescore "
+                            "reading the int8 codes of the candidates only; with --resume or --append, the "
+                            "index's (another is an error)")
     build.add_argument("--ranges", metavar="RANGES.npy",
-                       help="int8: each dimension's min and max, a [2, dim] .npy (default: those of the corpus's "
-                            "first 2,048 passages); saved with the index, which --append and --resume keep")
+                       help="int8 codes (int8, binary+int8): each dimension's min and max, a [2, dim] .npy "
+                            "(default: those of the corpus's first 2,048 passages); saved with the index, which "
+                            "--append and --resume keep")
     model_option(build, default=None,
                  default_text=f"{DEFAULT_MODEL}; with --resume or --append, the one the index is built with")
     encoding_options(build, with_input=False)                          # the corpus is the positional argument
@@ -461,9 +464,9 @@ def build_parser():
     input_format_option(query)
     query.add_argument("--top-k", "-k", type=int, default=5, help="passages per query (default 5)")
     query.add_argument("--rescore", type=int, metavar="N",
-                       help="int8 or binary index: take the N x top-k best by the compact scores and rank them by "
-                            "the float query's dot product with their codes dequantized (int8) or bits as +-1 "
-                            "(binary); an error for a float32 index, whose scores are exact")
+                       help="compact index: take the N x top-k best by the compact scores and rank them by "
+                            "the float query's dot product with their int8 codes dequantized (int8, binary+int8) "
+                            "or bits as +-1 (binary); an error for a float32 index, whose scores are exact")
     query.add_argument("--json", action="store_true", help="print results as JSON")
     query.set_defaults(run=cmd_search_query)
 

@@ -6,9 +6,11 @@ own records for JSON lines) and index.json (the model, its dimension, how many r
 records' text field, the precision; see write_meta).
 
 A compact index stores e5np.quantize's codes of the unit vectors instead: precision "int8" ([n, H] int8, with
-ranges.npy, the [2, H] per-dimension ranges every code was made with) or "binary" ([n, ceil(H / 8)] int8, the sign
-bits packed as sentence-transformers' "binary": np.packbits(x > 0) - 128). Its queries rank by the compact scores,
-optionally rescoring candidates with the float query (compact_top_k).
+ranges.npy, the [2, H] per-dimension ranges every code was made with), "binary" ([n, ceil(H / 8)] int8, the sign
+bits packed as sentence-transformers' "binary": np.packbits(x > 0) - 128), or "binary+int8" (each row the binary
+codes, then the int8 codes, with ranges.npy: searched by the bits, which are all a query holds in memory, and
+rescored with the int8 codes of the candidates alone, read from the memory map). Its queries rank by the compact
+scores, optionally rescoring candidates with the float query (compact_top_k).
 
 A build writes each chunk's passages and then its vectors (IndexWriter), so an unfinished build holds at least as
 many passages as vectors: its index is the passages that have vectors.
@@ -43,7 +45,8 @@ from .formats import (CHUNK, FormatError, Input, NpyWriter, WriteError, cannot_w
                       refuse_to_overwrite_input, with_chunk, write_stream)
 from .model import caller_stacklevel, load
 from .options import check_positive_int
-from .quantize import bit_words, calibration_ranges, check_ranges, code_layout, quantize, search as compact_search
+from .quantize import (bit_words, calibration_ranges, check_ranges, code_layout, quantize, rescore as rescore_rows,
+                       search as compact_search)
 from .runtime import LockedError, lock_directory, unlock_directory
 from .tokenizer import lowercases_first, tokenizer_files
 
@@ -74,7 +77,7 @@ class ModelMismatchWarning(IndexWarning):
 
 
 VECTORS, PASSAGES, META, RANGES = "vectors.npy", "passages.jsonl", "index.json", "ranges.npy"
-INDEX_PRECISIONS = ("float32", "int8", "binary")  # what vectors.npy holds (uint8 / ubinary: the same, another layout)
+INDEX_PRECISIONS = ("float32", "int8", "binary", "binary+int8")  # vectors.npy's rows (uint8 / ubinary: another layout)
 # How a do_lower_case checkpoint's texts are lowercased (see tokenizer.lowercases_first), as an index's recipe records
 # it. Indexes from older e5np record True there, for Python's str.lower, whose vectors differ on a word-final
 # capital sigma.
@@ -112,17 +115,33 @@ def top_k(vectors, queries, k, chunk_rows=None, block_scores=1 << 20, unit_rows=
 def compact_top_k(codes, queries, k, precision, ranges=None, rescore=None, words=None, block_scores=1 << 24):
     """(indices [q, k], scores [q, k]) of the k best rows of a compact index's codes [n, W] (may be a memory map)
     for unit queries [q, H], by e5np.quantize.search: by the compact scores (int8: the dot product of the query's
-    int8 codes, made with the index's ranges, with the row's; binary: minus the Hamming distance of the sign bits,
-    words: the codes' bit_words), or with rescore m the best m * k so, rescored by the float query's dot product with
-    the rows dequantized (int8) or unpacked to +-1 (binary). Best first, equal scores by lower row. The queries go a
-    batch at a time, so that a batch's [batch, n] scores stay within block_scores numbers."""
+    int8 codes, made with the index's ranges, with the row's; binary and binary+int8: minus the Hamming distance of
+    the sign bits, words: the bits' bit_words), or with rescore m the best m * k so, rescored by the float query's
+    dot product with the rows dequantized (int8, and binary+int8's int8 codes) or unpacked to +-1 (binary). Best
+    first, equal scores by lower row. The queries go a batch at a time, so that a batch's [batch, n] scores stay
+    within block_scores numbers."""
     n, q = len(codes), len(queries)
     if n == 0 or q == 0:                                               # (an int8 index without rows has no ranges)
         return np.zeros((q, min(k, n)), np.int64), np.zeros((q, min(k, n)), np.float32)
     batch = max(1, block_scores // n)
-    found = [compact_search(queries[start:start + batch], codes, precision, k, ranges, rescore, words)
+    search = compact_search if precision != "binary+int8" else bits_then_int8
+    found = [search(queries[start:start + batch], codes, precision, k, ranges, rescore, words)
              for start in range(0, q, batch)]
     return np.concatenate([i for i, _ in found]), np.concatenate([s for _, s in found])
+
+
+def bits_then_int8(queries, codes, precision, k, ranges, rescore, words):
+    """compact_top_k's search of binary+int8 rows: the best (rescore or 1) * k by the bits' Hamming distance, and
+    with rescore those rescored with their int8 codes (the only int8 rows read)."""
+    bits, int8_codes = split_rows(codes, queries.shape[1])
+    indices, scores = compact_search(queries, bits, "binary", k * (rescore or 1), words=words)
+    return rescore_rows(queries, indices, int8_codes, "int8", k, ranges) if rescore else (indices, scores)
+
+
+def split_rows(codes, dim):
+    """binary+int8 rows [n, ceil(dim / 8) + dim] -> (their binary codes, their int8 codes): views, nothing read."""
+    width = code_layout("binary", dim)[0]
+    return codes[:, :width], codes[:, width:]
 
 
 def best_first(scores, index, k):
@@ -195,8 +214,9 @@ def recipe_changes(recorded, recipe):
 def write_meta(directory, meta):
     """index.json, written whole or not at all. `e5np search build` keeps in it: the model, its dimension (dim),
     the rows, whether the build finished (complete), the field of the passages' records that holds the text when
-    the corpus was JSON lines (field; null for plain text), what vectors.npy holds (precision: float32, int8 or
-    binary; none recorded: float32, an index from before compact ones) and for int8 the file of its ranges
+    the corpus was JSON lines (field; null for plain text), what vectors.npy holds (precision: float32, int8,
+    binary or binary+int8; none recorded: float32, an index from before compact ones) and for int8 codes the file
+    of their ranges
     (ranges: "ranges.npy"), the row where the last build's corpus begins
     (build_start: after the passages it was appended to; what --resume compares its corpus with), the identity
     of the weights that made the vectors (weights; see weights_identity) and how texts became vectors besides
@@ -227,8 +247,8 @@ def replace_index(staged, directory):
 
 
 def drop_stale_ranges(directory, meta):
-    """Removes the ranges.npy an int8 index left when another kind replaced it (meta: the new index's): only an int8
-    index reads one, but a file beside the index that is not its own would only mislead."""
+    """Removes the ranges.npy an index of int8 codes left when another kind replaced it (meta: the new index's): only
+    those read one, but a file beside the index that is not its own would only mislead."""
     if meta.get("ranges") is None:
         with contextlib.suppress(OSError):                             # (the index is whole without it)
             (Path(directory) / RANGES).unlink(missing_ok=True)
@@ -295,16 +315,30 @@ def index_precision(meta):
     return meta.get("precision", "float32")
 
 
+def has_int8_codes(precision):
+    """Whether an index of this precision stores int8 codes, and so keeps the ranges they are made with."""
+    return precision in ("int8", "binary+int8")
+
+
+def row_layout(precision, dim):
+    """(row width, .npy dtype) of an index's vectors.npy: e5np.quantize.code_layout's, or for binary+int8 the binary
+    codes' bytes and the int8 codes' side by side (both int8)."""
+    if precision == "binary+int8":
+        return code_layout("binary", dim)[0] + dim, "i1"
+    return code_layout(precision, dim)
+
+
 def read_ranges(directory, meta, rows):
-    """An int8 index's ranges [2, dim] float32 (ranges.npy), None for another precision or for an int8 index with no
-    rows yet (its ranges come with its first passages); IndexFormatError if they are missing or damaged."""
-    if index_precision(meta) != "int8":
+    """The ranges [2, dim] float32 (ranges.npy) of an index with int8 codes, None for another precision or for one
+    with no rows yet (its ranges come with its first passages); IndexFormatError if they are missing or damaged."""
+    if not has_int8_codes(index_precision(meta)):
         return None
     path = Path(directory) / RANGES
     if not path.is_file():
         if rows == 0:
             return None
-        raise IndexFormatError(f"{path}: not found; an int8 index keeps there the ranges its codes were made with")
+        raise IndexFormatError(f"{path}: not found; an index of int8 codes keeps there the ranges they were made "
+                               "with")
     try:
         return check_ranges(np.load(path, allow_pickle=False), meta["dim"])
     except (OSError, ValueError, TypeError) as e:
@@ -369,7 +403,7 @@ def load_index(directory):
     meta = read_meta(directory)
     vectors = np.load(directory / VECTORS, mmap_mode="r")
     precision = index_precision(meta)
-    width, dtype = code_layout(precision, meta["dim"])
+    width, dtype = row_layout(precision, meta["dim"])
     if vectors.ndim != 2 or vectors.shape[1] != width:
         raise IndexFormatError(f"{directory / VECTORS} has shape {vectors.shape} but {META} says dim {meta['dim']}"
                                + ("" if precision == "float32" else f", {precision}: rows of {width}"))
@@ -407,11 +441,11 @@ class IndexWriter(NpyWriter):
     def __init__(self, directory, model_name, dim, resume_command, made_by, field=None, build_start=None,
                  append=False, replacing=None, precision="float32"):
         self.directory, self.resume_command, self.replacing = Path(directory), resume_command, replacing
-        width, dtype = code_layout(precision, dim)                     # vectors.npy's rows: floats, or codes
+        width, dtype = row_layout(precision, dim)                      # vectors.npy's rows: floats, or codes
         super().__init__(str(self.directory / VECTORS), width, append=append, dtype=dtype)
         self.build_start = self.rows if build_start is None else build_start   # the first row of this corpus
         self.meta = {"model": model_name, "dim": dim, "rows": self.rows, "complete": False, "field": field,
-                     "precision": precision, **({"ranges": RANGES} if precision == "int8" else {}),
+                     "precision": precision, **({"ranges": RANGES} if has_int8_codes(precision) else {}),
                      "build_start": self.build_start, **made_by}     # index.json: see write_meta
         self.passages = self.open(self.directory / PASSAGES, "r+b" if append else "wb")
         for number in range(1, self.rows + 1):                        # keep the committed passages, drop the rest
@@ -588,8 +622,9 @@ def build_locked(directory, passages, model=None, *, append=False, resume=False,
         name = check_continuable(where, meta, resume, name, source)
         precision = check_same_precision(where, meta, resume, precision)
     precision = precision or "float32"                                 # a new index, a rebuild too: unless asked
-    if precision != "int8" and (ranges is not None or calibration is not None):
-        raise ValueError(f"ranges and calibration are for an int8 index, not a {precision} one")
+    if not has_int8_codes(precision) and (ranges is not None or calibration is not None):
+        raise ValueError(f"ranges and calibration are for an index of int8 codes (int8, binary+int8), not a "
+                         f"{precision} one")
     if source.input is not None:                                       # (a rebuild from its own passages: allowed)
         refuse_to_overwrite_input([where / file for file in (VECTORS, PASSAGES, META)], source.input.path)
     name = name or DEFAULT_MODEL
@@ -604,9 +639,9 @@ def build_locked(directory, passages, model=None, *, append=False, resume=False,
                "recipe": passage_recipe(model)}                        # what decides the vectors: index.json keeps it
     if continuing:
         check_same_model(name, where, meta, model.dim, made_by)
-    kept = continued_ranges(where, meta) if continuing and precision == "int8" else None
+    kept = continued_ranges(where, meta) if continuing and has_int8_codes(precision) else None
     ranges = starting_ranges(where, kept, model.dim, ranges, calibration, resume)
-    if precision == "int8" and ranges is None and not resume and len(first_chunk) == 1:
+    if has_int8_codes(precision) and ranges is None and not resume and len(first_chunk) == 1:
         raise ValueError(ONE_PASSAGE)
     try:
         where.mkdir(parents=True, exist_ok=True)
@@ -736,14 +771,15 @@ def starting_ranges(out, kept, dim, ranges, calibration, resume):
     return kept if kept is not None else given
 
 
-ONE_PASSAGE = ("an int8 index takes its ranges from its first passages, and a single passage has none: give ranges "
-               "or calibration vectors")
+ONE_PASSAGE = ("an index of int8 codes takes its ranges from its first passages, and a single passage has none: "
+               "give ranges or calibration vectors")
 
 
 class Compactor:
-    """Float vectors -> what an index's vectors.npy stores: the vectors (float32), or e5np.quantize's codes. An int8
-    index's ranges are set once: given, kept by the index, or else made from the first vectors compacted (a build's
-    first chunk, CHUNK passages) and saved to ranges.npy before any code made with them is written."""
+    """Float vectors -> what an index's vectors.npy stores: the vectors (float32), or e5np.quantize's codes (for
+    binary+int8, the binary codes and the int8 codes side by side). The int8 codes' ranges are set once: given, kept by
+    the index, or else made from the first vectors compacted (a build's first chunk, CHUNK passages) and saved to
+    ranges.npy before any code made with them is written."""
 
     def __init__(self, precision, directory, ranges=None):
         self.precision, self.directory, self.ranges = precision, directory, ranges
@@ -751,11 +787,13 @@ class Compactor:
     def __call__(self, vectors):
         if self.precision == "float32":
             return vectors
-        if self.precision == "int8" and self.ranges is None:
+        if has_int8_codes(self.precision) and self.ranges is None:
             if len(vectors) < 2:
                 raise ValueError(ONE_PASSAGE)
             self.ranges = calibration_ranges(vectors).astype(np.float32)   # as ranges.npy keeps them
             save_ranges(self.directory, self.ranges)
+        if self.precision == "binary+int8":
+            return np.concatenate([quantize(vectors, "binary"), quantize(vectors, "int8", self.ranges)], axis=1)
         return quantize(vectors, self.precision, self.ranges)
 
 
@@ -799,13 +837,12 @@ class Index:
     by cosine similarity to each query (a compact index: by its codes' scores, see query); index.search(vectors)
     does for query vectors made elsewhere.
 
-    Attributes: directory, model_name (the model it was built with), dim, len(index) (passages with vectors),
-    precision (what it stores: "float32", or compact "int8" / "binary" codes), ranges (an int8 index's [2, dim],
-    else None), complete (false: an unfinished build's first passages), field (the records' text field; None for
-    plain text), meta (index.json), notices (what a query answers with an IndexWarning: an unfinished or empty
-    index, a rebuild waiting beside it), built (for an index Index.build returned: what the build did, see Built;
-    else None). Close it (or use it as a context manager) to close passages.jsonl; the vectors' map goes with the
-    object.
+    Attributes: directory, model_name (the model it was built with), dim, len(index) (passages with vectors), precision
+    (what it stores: "float32", or compact "int8" / "binary" / "binary+int8" codes), ranges (the int8 codes' [2, dim],
+    else None), complete (false: an unfinished build's first passages), field (the records' text field; None for plain
+    text), meta (index.json), notices (what a query answers with an IndexWarning: an unfinished or empty index, a
+    rebuild waiting beside it), built (for an index Index.build returned: what the build did, see Built; else None).
+    Close it (or use it as a context manager) to close passages.jsonl; the vectors' map goes with the object.
     """
 
     def __init__(self, directory, vectors, meta, passages_file, ranges=None, built=None):
@@ -837,11 +874,12 @@ class Index:
         that the passages begin with those it holds. progress(n) is called as each batch of n passages is embedded.
 
         precision: what vectors.npy stores, "float32" (the default for a new index or a rebuild), "int8" (4x
-        smaller) or "binary" (32x); appending and resuming keep the index's (None), another is an IndexStateError.
-        int8 codes are made with per-dimension ranges [2, dim], saved in ranges.npy: `ranges`, else made from
-        `calibration` vectors [n, dim] (e5np.calibration_ranges), else from the first chunk's passages (values
-        beyond them clip to the end levels). An int8 index continued keeps its own: ranges or calibration giving
-        others are an IndexStateError.
+        smaller), "binary" (32x) or "binary+int8" (both codes: a query searches the bits, 32x smaller in memory, and
+        rescores with the int8 codes on disk); appending and resuming keep the index's (None), another is an
+        IndexStateError. int8 codes are made with per-dimension ranges [2, dim], saved in ranges.npy: `ranges`, else
+        made from `calibration` vectors [n, dim] (e5np.calibration_ranges), else from the first chunk's passages
+        (values beyond them clip to the end levels). An index of int8 codes continued keeps its own: ranges or
+        calibration giving others are an IndexStateError.
 
         Raises IndexStateError for a build what the directory holds does not allow (see it), IndexFormatError for
         damaged files, IndexLockedError while another process builds there, e5np.formats.FormatError for a passage
@@ -895,10 +933,11 @@ class Index:
         "score", "text"}, and "record" (the passage's record) for an index of JSON lines.
 
         The score is the cosine for a float32 index. A compact one ranks by its codes' scores (see compact_top_k):
-        int8, the dot product of the query's int8 codes with the passage's (an integer); binary, minus the Hamming
-        distance of their sign bits. rescore=m (int8 or binary; a float32 index's scores are exact, and it raises
-        IndexStateError) takes the best m * top_k so and ranks them by the float query's dot product with the
-        passage's int8 codes dequantized (about the cosine) or its bits as +-1, which is then the score.
+        int8, the dot product of the query's int8 codes with the passage's (an integer); binary and binary+int8, minus
+        the Hamming distance of their sign bits. rescore=m (a compact index; a float32 index's scores are exact,
+        and it raises IndexStateError) takes the best m * top_k so and ranks them by the float query's dot product
+        with the passage's int8 codes dequantized (int8, binary+int8: about the cosine) or its bits as +-1 (binary),
+        which is then the score.
 
         model: a loaded e5np.Model, or a name to load (default: the index's model, loaded once). IndexStateError
         if its vectors are not of the index's size; a ModelMismatchWarning if its weights or recipe are not the
@@ -961,7 +1000,7 @@ class Index:
         rescore = check_positive_int("rescore", rescore)
         if self.precision == "float32":
             raise IndexStateError(f"{self.directory} holds float32 vectors, whose scores are exact: rescoring is for "
-                                  "an int8 or binary index")
+                                  "an int8, binary or binary+int8 index")
         return rescore
 
     def top_k(self, queries, k, rescore=None):
@@ -969,8 +1008,9 @@ class Index:
         if self.precision == "float32":
             unit_rows = self.meta.get("recipe", {}).get("normalize", True)  # false: a model's raw vectors, see top_k
             return top_k(self.vectors, queries, k, unit_rows=unit_rows is not False)
-        if self.precision == "binary" and self.words is None:
-            self.words = bit_words(self.vectors, "binary")              # the layout hamming() scans: made once
+        if self.precision in ("binary", "binary+int8") and self.words is None:   # the layout hamming() scans: once
+            self.words = bit_words(split_rows(self.vectors, self.dim)[0] if self.precision == "binary+int8"
+                                   else self.vectors, "binary")
         return compact_top_k(self.vectors, queries, k, self.precision, self.ranges, rescore, self.words)
 
 

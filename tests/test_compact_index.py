@@ -1,8 +1,10 @@
-"""Compact indexes (e5np.Index.build(precision="int8" | "binary"), `e5np search build --precision`): what they store,
-their top-k against a brute force written here on the same codes, rescoring against exact float32 search, the bytes,
-the CLI against the API, append / resume / rebuild keeping the precision and the ranges, and the errors."""
+"""Compact indexes (e5np.Index.build(precision="int8" | "binary" | "binary+int8"), `e5np search build --precision`):
+what they store, their top-k against a brute force written here on the same codes, rescoring against exact float32
+search, the bytes, the CLI against the API, append / resume / rebuild keeping the precision and the ranges, and the
+errors."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -56,8 +58,15 @@ def best(scores, k):
     return np.array([sorted(range(len(row)), key=lambda i: (-row[i], i))[:k] for row in scores])
 
 
+def split(codes, dim):
+    """binary+int8 rows: (the binary codes, the int8 codes)."""
+    return codes[:, :dim // 8], codes[:, dim // 8:]
+
+
 def compact_scores(queries, codes, precision, ranges, dim):
     """[q, n]: the int8 dot products of the queries' codes with the corpus's, or minus the bits that differ."""
+    if precision == "binary+int8":
+        codes = split(codes, dim)[0]
     if precision == "int8":
         return int8_codes(queries, ranges).astype(np.int64) @ codes.astype(np.int64).T
     query_bits = (queries > 0).astype(np.int64)
@@ -71,7 +80,8 @@ def brute_force(queries, codes, precision, ranges, dim, k, rescore=None):
     order = best(scores, k if rescore is None else rescore * k)
     if rescore is None:
         return order, np.take_along_axis(scores, order, axis=1)
-    floats = dequantized(codes, ranges) if precision == "int8" else signs(codes, dim)
+    floats = {"int8": lambda: dequantized(codes, ranges), "binary": lambda: signs(codes, dim),
+              "binary+int8": lambda: dequantized(split(codes, dim)[1], ranges)}[precision]()
     rescored = np.array([[q @ floats[i] for i in row] for q, row in zip(queries, order)])
     again = best(rescored, k)
     return np.take_along_axis(order, again, axis=1), np.take_along_axis(rescored, again, axis=1)
@@ -96,24 +106,25 @@ def assert_same_codes(actual, desired):
 
 
 # --- what is stored, and the search -----------------------------------------------------------------------------
-@pytest.mark.parametrize("precision", ["int8", "binary"])
+@pytest.mark.parametrize("precision", ["int8", "binary", "binary+int8"])
 def test_top_k_equals_a_brute_force_on_the_stored_codes(tiny, tmp_path, precision):
     passages = unit_passages(tiny, (CORPUS))
     with e5np.Index.build(tmp_path / "index", CORPUS, tiny, precision=precision) as index:
         assert (index.precision, len(index), index.meta["precision"]) == (precision, len(CORPUS), precision)
         codes = np.load(tmp_path / "index" / "vectors.npy")
-        if precision == "int8":                                        # ranges: the first chunk's, here all of it
+        bits = (np.packbits(passages > 0, axis=1).astype(np.int16) - 128).astype(np.int8)
+        if precision != "binary":                                      # ranges: the first chunk's, here all of it
             ranges = np.load(tmp_path / "index" / "ranges.npy")
             assert index.meta["ranges"] == "ranges.npy" and ranges.dtype == np.float32
             np.testing.assert_array_equal(ranges, np.stack([passages.min(0), passages.max(0)]).astype(np.float32))
             np.testing.assert_array_equal(index.ranges, ranges)
-            assert codes.dtype == np.int8 and codes.shape == (len(CORPUS), tiny.dim)
-            assert_same_codes(codes, int8_codes(passages, ranges))
         else:
             ranges = None
             assert "ranges" not in index.meta and not (tmp_path / "index" / "ranges.npy").exists()
-            assert codes.dtype == np.int8 and codes.shape == (len(CORPUS), tiny.dim // 8)
-            assert_same_codes(codes, (np.packbits(passages > 0, axis=1).astype(np.int16) - 128).astype(np.int8))
+        expected_codes = {"int8": lambda: int8_codes(passages, ranges), "binary": lambda: bits,
+                          "binary+int8": lambda: np.concatenate([bits, int8_codes(passages, ranges)], axis=1)}
+        assert codes.dtype == np.int8
+        assert_same_codes(codes, expected_codes[precision]())          # (shapes too)
         raw = tiny.encode_queries(QUERIES)
         queries = l2_normalize(raw)                                    # what search does with query vectors
         for rescore in (None, 1, 3):
@@ -130,18 +141,20 @@ def test_rescoring_is_never_worse_than_none_against_exact_search(minilm, tmp_pat
     index's top 10, with and without rescoring."""
     exact_index = e5np.Index.build(tmp_path / "float32", CORPUS, minilm)
     exact, exact_scores = hits_of(exact_index.query(QUERIES, top_k=10))
-    measured = {}
-    for precision in ("int8", "binary"):
+    measured, found_by = {}, {}
+    for precision in ("int8", "binary", "binary+int8"):
         with e5np.Index.build(tmp_path / precision, CORPUS, minilm, precision=precision) as index:
             for rescore in (None, 4, 10):
                 found, scores = hits_of(index.query(QUERIES, top_k=10, rescore=rescore))
-                measured[precision, rescore] = recall(found, exact)
+                measured[precision, rescore], found_by[precision, rescore] = recall(found, exact), found
                 assert all(np.diff(row).max() <= 0 for row in scores)   # best first
-    for precision in ("int8", "binary"):
+    for precision in ("int8", "binary", "binary+int8"):
         assert measured[precision, 4] >= measured[precision, None], measured
         assert measured[precision, 10] >= measured[precision, None], measured
     assert measured["int8", 4] >= 0.9 and measured["int8", 4] > measured["binary", None], measured
     assert measured["binary", None] < 1                                # the bits lose some: the test can tell
+    assert found_by["binary+int8", None] == found_by["binary", None]   # the same bits, searched the same way
+    assert measured["binary+int8", 10] > measured["binary", 10], measured   # int8 codes rescore better than bits
     with e5np.Index.open(tmp_path / "int8") as index:                  # rescored int8 scores: about the cosine
         found = index.query(QUERIES, top_k=10, rescore=10)
     cosine = {(q, i): s for q, (row, scores) in enumerate(zip(exact, exact_scores)) for i, s in zip(row, scores)}
@@ -153,11 +166,11 @@ def test_rescoring_is_never_worse_than_none_against_exact_search(minilm, tmp_pat
 
 def test_the_vector_file_is_4x_and_32x_smaller(tiny, tmp_path):
     sizes = {}
-    for precision in ("float32", "int8", "binary"):
+    for precision in ("float32", "int8", "binary", "binary+int8"):
         e5np.Index.build(tmp_path / precision, CORPUS, tiny, precision=precision).close()
         sizes[precision] = (tmp_path / precision / "vectors.npy").stat().st_size - NPY_HEADER_BYTES
     assert sizes == {"float32": len(CORPUS) * tiny.dim * 4, "int8": len(CORPUS) * tiny.dim,
-                     "binary": len(CORPUS) * tiny.dim // 8}
+                     "binary": len(CORPUS) * tiny.dim // 8, "binary+int8": len(CORPUS) * tiny.dim * 9 // 8}
     assert sizes["float32"] / sizes["int8"] == 4 and sizes["float32"] / sizes["binary"] == 32
     assert (tmp_path / "int8" / "ranges.npy").stat().st_size == NPY_HEADER_BYTES + 2 * tiny.dim * 4
 
@@ -177,27 +190,29 @@ def test_an_index_from_before_compact_ones_opens_as_float32(tiny, tmp_path):
 
 
 # --- append, resume, rebuild --------------------------------------------------------------------------------------
-def test_int8_append_keeps_the_stored_ranges(tiny, tmp_path):
+@pytest.mark.parametrize("precision", ["int8", "binary+int8"])
+def test_append_keeps_the_stored_ranges(tiny, tmp_path, precision):
     index = tmp_path / "index"
-    e5np.Index.build(index, CORPUS[:10], tiny, precision="int8").close()
+    e5np.Index.build(index, CORPUS[:10], tiny, precision=precision).close()
     ranges = (index / "ranges.npy").read_bytes()
     first = np.load(index / "vectors.npy")
     with e5np.Index.build(index, CORPUS[10:], append=True) as appended:       # precision: the index's
-        assert (appended.precision, len(appended), appended.built.start) == ("int8", len(CORPUS), 10)
+        assert (appended.precision, len(appended), appended.built.start) == (precision, len(CORPUS), 10)
         stored = np.load(index / "ranges.npy")
         assert (index / "ranges.npy").read_bytes() == ranges                 # never recomputed
         codes = np.load(index / "vectors.npy")
         np.testing.assert_array_equal(codes[:10], first)
         later = unit_passages(tiny, (CORPUS[10:]))
-        assert_same_codes(codes[10:], int8_codes(later, stored))            # the stored scale, clipped beyond it
+        int8_part = codes[10:] if precision == "int8" else split(codes[10:], tiny.dim)[1]
+        assert_same_codes(int8_part, int8_codes(later, stored))             # the stored scale, clipped beyond it
         assert np.any(later < stored[0]) or np.any(later > stored[1])       # (the new passages do go beyond it)
     e5np.Index.build(index, CORPUS[:2], append=True, ranges=stored).close()  # the same ranges: allowed
     with pytest.raises(e5np.IndexStateError, match="keeps the int8 ranges its codes were made with .* append "
                                                    "without ranges or calibration"):
         e5np.Index.build(index, CORPUS[:2], append=True, ranges=stored * 2)
-    for asked in ("binary", "float32"):
-        with pytest.raises(e5np.IndexStateError, match=f"is built with precision int8, not {asked}: append to it "
-                                                       "with precision int8"):
+    for asked in {"binary", "float32", "int8", "binary+int8"} - {precision}:
+        with pytest.raises(e5np.IndexStateError, match=re.escape(f"is built with precision {precision}, not "
+                                                                 f"{asked}: append to it with precision {precision}")):
             e5np.Index.build(index, CORPUS[:2], append=True, precision=asked)
     assert (index / "ranges.npy").read_bytes() == ranges and len(np.load(index / "vectors.npy")) == len(CORPUS) + 2
 
@@ -207,19 +222,21 @@ def interrupted_after(passages, n):
     raise KeyboardInterrupt
 
 
-def test_int8_resume_after_an_interruption(tiny, tmp_path):
+@pytest.mark.parametrize("precision", ["int8", "binary+int8"])
+def test_resume_after_an_interruption_keeps_the_ranges(tiny, tmp_path, precision):
     straight = tmp_path / "straight"
-    e5np.Index.build(straight, MANY, tiny, precision="int8").close()
+    e5np.Index.build(straight, MANY, tiny, precision=precision).close()
     index = tmp_path / "index"
     with pytest.raises(KeyboardInterrupt):
-        e5np.Index.build(index, interrupted_after(MANY, 2060), tiny, precision="int8")
+        e5np.Index.build(index, interrupted_after(MANY, 2060), tiny, precision=precision)
     ranges = (index / "ranges.npy").read_bytes()                       # saved before the first chunk's codes
     with e5np.Index.open(index) as unfinished:
-        assert (unfinished.complete, len(unfinished), unfinished.precision) == (False, 2048, "int8")
-    with pytest.raises(e5np.IndexStateError, match="is being built with precision int8, not binary: resume it"):
+        assert (unfinished.complete, len(unfinished), unfinished.precision) == (False, 2048, precision)
+    with pytest.raises(e5np.IndexStateError,
+                       match=re.escape(f"being built with precision {precision}, not binary: resume")):
         e5np.Index.build(index, MANY, resume=True, precision="binary")
     with e5np.Index.build(index, MANY, resume=True) as resumed:
-        assert resumed.complete and len(resumed) == 2100 and resumed.precision == "int8"
+        assert resumed.complete and len(resumed) == 2100 and resumed.precision == precision
     assert (index / "ranges.npy").read_bytes() == ranges
     np.testing.assert_allclose(np.load(index / "ranges.npy"), np.load(straight / "ranges.npy"), rtol=0, atol=1e-6)
     assert_same_codes(np.load(index / "vectors.npy"), np.load(straight / "vectors.npy"))
@@ -234,6 +251,11 @@ def test_a_rebuild_chooses_its_own_precision(tiny, tmp_path):
     assert sorted(p.name for p in index.iterdir()) == [".lock", "index.json", "passages.jsonl", "vectors.npy"]
     with e5np.Index.build(index, CORPUS[:30], tiny, precision="int8") as rebuilt:
         assert rebuilt.precision == "int8" and (index / "ranges.npy").is_file() and len(rebuilt) == 30
+    with e5np.Index.build(index, CORPUS[:40], tiny, precision="binary+int8") as rebuilt:   # its own ranges
+        assert rebuilt.precision == "binary+int8" and len(rebuilt) == 40
+        passages = unit_passages(tiny, CORPUS[:40])
+        np.testing.assert_array_equal(np.load(index / "ranges.npy"),
+                                      np.stack([passages.min(0), passages.max(0)]).astype(np.float32))
     with e5np.Index.build(index, CORPUS[:5], tiny) as rebuilt:                # a new index: float32 unless asked
         assert rebuilt.precision == "float32" and not (index / "ranges.npy").exists()
 
@@ -256,20 +278,24 @@ def test_ranges_given_or_from_calibration_vectors(tiny, tmp_path):
 # --- errors --------------------------------------------------------------------------------------------------------
 def test_errors(tiny, tmp_path):
     out = tmp_path / "index"
-    with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'int8', 'binary'\], got 'uint8'"):
+    with pytest.raises(ValueError, match=r"precision must be one of \['float32', 'int8', 'binary', 'binary\+int8'\], "
+                                         "got 'uint8'"):
         e5np.Index.build(out, CORPUS, tiny, precision="uint8")
     with pytest.raises(ValueError, match=r"ranges must have shape \(2, 32\) .* got \(2, 31\)"):
         e5np.Index.build(out, CORPUS, tiny, precision="int8", ranges=np.zeros((2, 31)))
-    with pytest.raises(ValueError, match="ranges and calibration are for an int8 index, not a binary one"):
+    with pytest.raises(ValueError, match=r"ranges and calibration are for an index of int8 codes \(int8, "
+                                         r"binary\+int8\), not a binary one"):
         e5np.Index.build(out, CORPUS, tiny, precision="binary", ranges=np.zeros((2, 32)))
     with pytest.raises(ValueError, match="ranges or calibration, not both"):
         e5np.Index.build(out, CORPUS, tiny, precision="int8", ranges=np.zeros((2, 32)), calibration=np.zeros((4, 32)))
-    with pytest.raises(ValueError, match="a single passage has none: give ranges or calibration vectors"):
-        e5np.Index.build(out, CORPUS[:1], tiny, precision="int8")
+    for precision in ("int8", "binary+int8"):
+        with pytest.raises(ValueError, match="a single passage has none: give ranges or calibration vectors"):
+            e5np.Index.build(out, CORPUS[:1], tiny, precision=precision)
     assert not out.exists()                                            # refused before anything was written
     e5np.Index.build(out, CORPUS, tiny).close()
     with e5np.Index.open(out) as index, pytest.raises(e5np.IndexStateError, match="holds float32 vectors, whose "
-                                                      "scores are exact: rescoring is for an int8 or binary index"):
+                                                      "scores are exact: rescoring is for an int8, binary or "
+                                                      r"binary\+int8 index"):
         index.query("q", rescore=4)
     e5np.Index.build(tmp_path / "int8", CORPUS, tiny, precision="int8").close()
     with e5np.Index.open(tmp_path / "int8") as index:
@@ -277,7 +303,8 @@ def test_errors(tiny, tmp_path):
             with pytest.raises(ValueError, match="rescore must be a positive integer"):
                 index.query("q", rescore=bad)
     (tmp_path / "int8" / "ranges.npy").unlink()
-    with pytest.raises(e5np.IndexFormatError, match="ranges.npy: not found; an int8 index keeps there the ranges"):
+    with pytest.raises(e5np.IndexFormatError, match="ranges.npy: not found; an index of int8 codes keeps "
+                                                     "there the ranges"):
         e5np.Index.open(tmp_path / "int8")
     meta = json.loads((out / "index.json").read_text())
     (out / "index.json").write_text(json.dumps({**meta, "precision": "int4"}))
@@ -300,7 +327,7 @@ def test_the_cli_gives_what_the_api_gives(tiny, tmp_path):
     corpus.write_text("\n".join(CORPUS) + "\n")
     ranges = tmp_path / "ranges.npy"
     np.save(ranges, e5np.calibration_ranges(unit_passages(tiny, (MANY[:300]))))
-    for precision, extra in (("int8", ["--ranges", ranges]), ("binary", [])):
+    for precision, extra in (("int8", ["--ranges", ranges]), ("binary", []), ("binary+int8", ["--ranges", ranges])):
         built = cli("search", "build", corpus, tmp_path / f"cli-{precision}", "--precision", precision, *extra,
                     "-m", TINY_DIR, "-q")
         assert built.returncode == 0, built.stderr
@@ -326,7 +353,7 @@ def test_cli_errors(tiny, tmp_path):
     e5np.Index.build(tmp_path / "int8", CORPUS[:8], tiny, precision="int8").close()
     np.save(tmp_path / "short.npy", np.zeros((2, 31), np.float32))
     cases = [(["search", "query", tmp_path / "float32", "q", "--rescore", "2"],
-              "holds float32 vectors, whose scores are exact: rescoring is for an int8 or binary index"),
+              "holds float32 vectors, whose scores are exact: rescoring is for an int8, binary or binary+int8 index"),
              (["search", "query", tmp_path / "int8", "q", "--rescore", "0"], "--rescore must be 1 or more, got 0"),
              (["search", "build", corpus, tmp_path / "int8", "--append", "--precision", "binary"],
               "is built with precision int8, not binary: append to it with precision int8"),

@@ -25,6 +25,9 @@ def test_runs_and_prints_the_table(tmp_path):
     assert "binary, int8-rescored x10" in rows and "int8, rescored x4" in rows
     assert "The index end to end (e5np.Index, 65 passages, 60 queries)" in table
     assert rows["float32"].split(" | ")[1] == "1.0000"
-    sizes = {name: int(rows[name].split(" | ")[2].strip(" |").replace(",", "")) for name in ("int8", "binary")}
+    sizes = {name: int(rows[name].split(" | ")[2].strip(" |").replace(",", ""))
+             for name in ("int8", "binary", "binary+int8")}
     assert rows["int8, rescore=4"].split(" | ")[2] == rows["int8"].split(" | ")[2]     # the same index's bytes
-    assert sizes == {"int8": 128 + 65 * 32 + 128 + 2 * 32 * 4, "binary": 128 + 65 * 4}   # .npy headers: 128
+    assert sizes == {"int8": 128 + 65 * 32 + 128 + 2 * 32 * 4, "binary": 128 + 65 * 4,  # .npy headers: 128
+                     "binary+int8": 128 + 65 * (4 + 32) + 128 + 2 * 32 * 4}
+    assert "binary+int8, rescore=10" in rows

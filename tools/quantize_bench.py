@@ -13,10 +13,10 @@ score, rescored by the float32 query's dot product with the int8 codes dequantiz
 "int8-rescored": binary search, its candidates rescored with their int8 codes (a binary index in memory, int8 vectors
 beside it, as sentence-transformers' docs suggest; bytes: both).
 
-The compact index end to end, on the same corpus: e5np.Index.build of the passages as float32, int8 and binary
-(int8 ranges: the first chunk's, here the first 2,048 passages, the index's default), searched with the queries'
-vectors without and with rescoring (index.search(..., rescore=N)); recall@10 against the float32 index's top 10,
-and the bytes of the index's .npy files (vectors.npy, and ranges.npy for int8).
+The compact index end to end, on the same corpus: e5np.Index.build of the passages as float32, int8, binary and
+binary+int8 (int8 ranges: the first chunk's, here the first 2,048 passages, the index's default), searched with the
+queries' vectors without and with rescoring (index.search(..., rescore=N)); recall@10 against the float32 index's
+top 10, and the bytes of the index's .npy files (vectors.npy, and ranges.npy for int8 codes).
 
 Cost, on --rows random unit vectors (standard normal, normalized; seed 0) of the model's width: timing needs only the
 shapes, not real vectors, so recall is not measured there. Bytes of the vectors as stored; query time per query
@@ -52,7 +52,8 @@ SETUPS = [("float32", "float32", None, None), ("int8", "int8", None, None), ("in
           ("binary, rescored x4", "ubinary", 4, None), ("binary, rescored x10", "ubinary", 10, None),
           ("binary, rescored x50", "ubinary", 50, None),
           ("binary, int8-rescored x4", "ubinary", 4, "int8"), ("binary, int8-rescored x10", "ubinary", 10, "int8")]
-INDEXED = [("float32", None), ("int8", None), ("int8", 4), ("binary", None), ("binary", 10)]  # (precision, rescore)
+INDEXED = [("float32", None), ("int8", None), ("int8", 4), ("binary", None), ("binary", 10), ("binary+int8", None),
+           ("binary+int8", 4), ("binary+int8", 10)]                  # (precision, rescore)
 TIMED = {"float32", "int8", "int8, rescored x4", "binary", "binary, rescored x10", "binary, int8-rescored x10"}
 
 
