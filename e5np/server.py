@@ -26,6 +26,7 @@ import asyncio
 import base64
 import collections
 import contextlib
+import functools
 import json
 import math
 import signal
@@ -138,18 +139,39 @@ def parse_tei_request(body, max_inputs):
     return texts, flags["normalize"], flags["truncate"], kind
 
 
-def embeddings_body(vectors, token_counts, encoding, model_name):
-    """The OpenAI response for vectors [n, H] embedded from token_counts [n] tokens."""
-    data = []
-    for i, vector in enumerate(vectors):
-        if encoding == "base64":  # little-endian float32 bytes, as the OpenAI API returns
-            embedding = base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-        else:
-            embedding = vector.tolist()
-        data.append({"object": "embedding", "index": i, "embedding": embedding})
+@functools.lru_cache(maxsize=8)
+def _row_format(dim):
+    return "[" + ",".join(["%.9g"] * dim) + "]"
+
+
+def vector_rows_json(vectors):
+    """Each row of vectors [n, H] as a JSON array. A float32 in 9 significant digits, the fewest that give every
+    float32 back exactly: json.dumps writes the 17 digits of its float64 form, 1.6x the bytes in 3x the time, and
+    that time is the event loop's, taken from every other request. float64 vectors, and non-finite values (only a
+    broken checkpoint makes them), as json.dumps writes them."""
+    if vectors.dtype != np.float32 or not np.isfinite(vectors).all():
+        return [json.dumps(vector) for vector in vectors.tolist()]
+    row = _row_format(vectors.shape[1])
+    return [row % tuple(vector) for vector in vectors.tolist()]
+
+
+def vectors_json(vectors):
+    """vectors [n, H] as a JSON array of arrays (TEI's answer), as vector_rows_json writes them."""
+    return "[" + ",".join(vector_rows_json(vectors)) + "]"
+
+
+def embeddings_json(vectors, token_counts, encoding, model_name):
+    """The OpenAI response, as JSON text, for vectors [n, H] embedded from token_counts [n] tokens."""
+    if encoding == "base64":  # little-endian float32 bytes, as the OpenAI API returns
+        embeddings = ['"' + base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii") + '"'
+                      for vector in vectors]
+    else:
+        embeddings = vector_rows_json(vectors)
+    data = ",".join(f'{{"object":"embedding","index":{i},"embedding":{embedding}}}'
+                    for i, embedding in enumerate(embeddings))
     tokens = int(np.sum(token_counts))
-    return {"object": "list", "data": data, "model": model_name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return (f'{{"object":"list","data":[{data}],"model":{json.dumps(model_name)},'
+            f'"usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}')
 
 
 def too_long_error(indices, max_length, field, hint):
@@ -457,7 +479,7 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
         chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
         if length is None and not chunked:
             raise RequestError(411, "a Content-Length header is required", headers={"Connection": "close"})
-        if length is not None and int(length) > max_body_bytes:                 # h11 checked it is a number
+        if length is not None and int(length) > max_body_bytes:                 # uvicorn's parser checked it
             raise RequestError(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}",
                                headers={"Connection": "close"})               # not read
         body = bytearray()
@@ -555,8 +577,7 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
                 raise RequestError(404, f"The model '{name}' does not exist: this server serves '{model_name}'",
                                    param="model", code="model_not_found")
             vectors, counts, big = await embed(request, texts, kind, truncation == "ignore", None, "input")
-            payload = await off_loop(lambda: json.dumps(embeddings_body(vectors, counts, encoding, model_name)),
-                                     big=big)
+            payload = await off_loop(embeddings_json, vectors, counts, encoding, model_name, big=big)
             return Response(payload, 200, media_type="application/json")
 
         return await answer(request, handle, openai_error_body)
@@ -568,7 +589,7 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
                                                               big=len(body) > 65536)
             truncate = truncation == "ignore" if truncate is None else truncate
             vectors, _, big = await embed(request, texts, kind, truncate, normalize, "inputs")
-            payload = await off_loop(lambda: json.dumps(vectors.tolist()), big=big)
+            payload = await off_loop(vectors_json, vectors, big=big)
             return Response(payload, 200, media_type="application/json")
 
         return await answer(request, handle, tei_error_body)
@@ -664,7 +685,7 @@ class EmbeddingServer:
         previous = {sig: signal.signal(sig, lambda *args: None) for sig in (signal.SIGTERM, signal.SIGINT)} \
             if main else {}
         try:
-            asyncio.run(self.uvicorn.serve(sockets=[self.socket]))
+            self.uvicorn.run(sockets=[self.socket])                    # on uvloop where installed (the extra's)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -3,7 +3,10 @@
 import contextlib
 import http.client
 import json
+import os
+import re
 import socket
+import sys
 import threading
 import time
 
@@ -18,6 +21,11 @@ pytest.importorskip("prometheus_client", reason='the serve extra: pip install "e
 from e5np.server import float_vectors_from_base64, make_server, serve_in_thread
 from tests.checkpoints import TINY_DIR, with_prompts
 from tests.row_independence import assert_same_vectors
+
+
+def floats(embeddings):
+    """JSON answers' floats as the float32 vectors they write (each in the 9 digits that give its float32 back)."""
+    return np.asarray(embeddings, dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +70,27 @@ def test_base64_encoding_raw(server, tiny):
     assert status == 200
     np.testing.assert_array_equal(float_vectors_from_base64([d["embedding"] for d in body["data"]]),
                                   tiny.encode(["a", "b c"]))
+
+
+def test_float_answers_give_each_float32_back_in_at_most_9_digits(server, tiny):
+    """The float answers write each float32 in 9 significant digits (not its float64 form's 17): parsed and made
+    float32 again, they are encode's vectors bit for bit, in both routes; a float64 model's keep every digit."""
+    texts = ["a", "b c", "a longer text of several words"]
+    expected = tiny.encode(texts)
+    for path, body in (("/v1/embeddings", {"input": texts}), ("/embed", {"inputs": texts})):
+        status, headers, payload = exchange(server, "POST", path, json.dumps(body).encode())
+        assert status == 200
+        answer = json.loads(payload)
+        vectors = [d["embedding"] for d in answer["data"]] if path == "/v1/embeddings" else answer
+        np.testing.assert_array_equal(floats(vectors), expected)
+        numbers = re.findall(rb"-?\d[\d.]*(?:e[-+]\d+)?", payload.split(b'"embedding"', 1)[-1])
+        digits = [len(n.lstrip(b"-").split(b"e")[0].replace(b".", b"").lstrip(b"0")) for n in numbers]
+        assert len(numbers) >= expected.size and max(digits) <= 9, max(digits)
+    model64 = e5np.load(TINY_DIR, dtype="float64")
+    with serving(model64) as srv:
+        status, body = request(srv, "POST", "/embed", {"inputs": texts})
+    assert status == 200
+    np.testing.assert_array_equal(np.asarray(body), model64.encode(texts))
 
 
 def test_null_options_are_the_defaults(server, tiny):
@@ -380,9 +409,9 @@ def test_async_openai_client_with_64_requests_in_flight(server, tiny):
             await client.close()
 
     answers = asyncio.run(run())
-    assert_same_vectors([a.data[0].embedding for a in answers[:64]], expected)
+    assert_same_vectors(floats([a.data[0].embedding for a in answers[:64]]), expected)
     for k, answer in zip(range(0, 64, 8), answers[64:]):
-        assert_same_vectors([d.embedding for d in answer.data], expected[k:k + 8])
+        assert_same_vectors(floats([d.embedding for d in answer.data]), expected[k:k + 8])
     assert [a.usage.prompt_tokens for a in answers[:64]] == [int(n) for n in tiny.tokenize(texts).lengths]
 
 
@@ -403,7 +432,7 @@ def test_concurrent_requests_share_batches(tiny):
             thread.join(30)
             status, body = result["value"]
             assert status == 200
-            assert_same_vectors(body["data"][0]["embedding"], expected.astype(np.float64))
+            assert_same_vectors(floats(body["data"][0]["embedding"]), expected)
     assert len(gate.calls) == 2 and len(gate.calls[1]) == 6                 # the six in one round
 
 
@@ -419,7 +448,7 @@ def test_input_type_adds_the_models_prefix(prompted, input_type, encoder):
     with serving(prompted, model_name="prompted") as srv:
         status, body = request(srv, "POST", "/v1/embeddings", {"input": texts, "input_type": input_type})
     assert status == 200
-    assert_same_vectors([d["embedding"] for d in body["data"]], getattr(prompted, encoder)(texts).astype(np.float64))
+    assert_same_vectors(floats([d["embedding"] for d in body["data"]]), getattr(prompted, encoder)(texts))
     prefixed = [prompted.prefix(input_type) + text for text in texts]
     assert body["usage"]["prompt_tokens"] == int(prompted.tokenize(prefixed).lengths.sum())
 
@@ -443,15 +472,15 @@ def test_another_model_is_not_found(server):
 def test_tei_embed(server, tiny, prompted):
     status, body = request(server, "POST", "/embed", {"inputs": ["a", "b c"]})
     assert status == 200 and np.asarray(body).shape == (2, tiny.dim)
-    assert_same_vectors(body, tiny.encode(["a", "b c"]).astype(np.float64))
+    assert_same_vectors(floats(body), tiny.encode(["a", "b c"]))
     status, body = request(server, "POST", "/embed", {"inputs": "just one", "normalize": False})
     assert status == 200
-    assert_same_vectors(body, tiny.encode(["just one"], normalize=False).astype(np.float64))
+    assert_same_vectors(floats(body), tiny.encode(["just one"], normalize=False))
     with serving(prompted) as srv:
         for prompt_name, encoder in (("query", "encode_queries"), ("passage", "encode_passages")):
             status, body = request(srv, "POST", "/embed", {"inputs": ["a cat"], "prompt_name": prompt_name})
             assert status == 200
-            assert_same_vectors(body, getattr(prompted, encoder)(["a cat"]).astype(np.float64))
+            assert_same_vectors(floats(body), getattr(prompted, encoder)(["a cat"]))
 
 
 @pytest.mark.parametrize("body, status, words", [
@@ -470,7 +499,7 @@ def test_tei_embed_errors(server, body, status, words):
 def test_tei_truncate_true_embeds_the_first_tokens(server, tiny):
     status, body = request(server, "POST", "/embed", {"inputs": "word " * 300, "truncate": True})
     assert status == 200
-    assert_same_vectors(body, tiny.encode(["word " * 300], truncation="ignore").astype(np.float64))
+    assert_same_vectors(floats(body), tiny.encode(["word " * 300], truncation="ignore"))
 
 
 def metric(text, name, **labels):
@@ -579,6 +608,14 @@ def chunked(*parts):
     return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
 
 
+def test_a_content_length_that_is_not_a_length(server):
+    """Answered 400 by uvicorn's HTTP parser (httptools, or h11 without it) before the application reads a byte."""
+    for value in (b"abc", b"-5", b"1, 2"):
+        with socket.create_connection(server.server_address[:2], timeout=30) as connection:
+            connection.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: " + value + b"\r\n\r\n{}")
+            assert connection.recv(4096).startswith(b"HTTP/1.1 400"), value
+
+
 def test_a_body_without_content_length(server, tiny):
     """Neither Content-Length nor chunked: 411, as before. Chunked transfer encoding (which the standard-library
     server refused with 411) is read, within the body limit."""
@@ -589,7 +626,7 @@ def test_a_body_without_content_length(server, tiny):
     status, _, payload = exchange(server, "POST", "/v1/embeddings", chunked(body[:7], body[7:]),
                                   {"Transfer-Encoding": "chunked"})
     assert status == 200
-    assert_same_vectors([d["embedding"] for d in json.loads(payload)["data"]], tiny.encode(["a", "b c"]))
+    assert_same_vectors(floats([d["embedding"] for d in json.loads(payload)["data"]]), tiny.encode(["a", "b c"]))
     big = json.dumps({"input": "x" * 70_000}).encode()
     status, _, payload = exchange(server, "POST", "/v1/embeddings", chunked(big[:40_000], big[40_000:]),
                                   {"Transfer-Encoding": "chunked"})
@@ -682,7 +719,8 @@ def test_parsing_needs_no_server_packages():
 
 
 def test_serve_bench_runs(capsys):
-    """tools/serve_bench.py, briefly, on the tiny checkpoint: a row for each level, no errors."""
+    """tools/serve_bench.py, briefly, on the tiny checkpoint: a row for each level, no errors, and (on Linux) the
+    CPU its server's event loop and workers took, and the client's."""
     import importlib.util
     from pathlib import Path
 
@@ -694,4 +732,24 @@ def test_serve_bench_runs(capsys):
                 "--markdown"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "query" in line]
     assert [row.split(" | ")[0] for row in rows] == ["| 1 x 1 query", "| 4 x 1 query"]
-    assert all(row.rstrip(" |").endswith("| 0") for row in rows), rows
+    cells = [[cell.strip() for cell in row.strip(" |").split("|")] for row in rows]
+    assert all(len(row) == 13 and row[8] == "0" for row in cells), rows
+    if sys.platform.startswith("linux"):                               # CPU in clock ticks: a few requests may take 0
+        assert all(float(cell) >= 0 for row in cells for cell in row[9:]) and float(cells[0][12]) > 0, rows
+        # The split itself: a thread's CPU is counted among the others, not as the main thread's (it is read while
+        # the thread lives: an ended thread leaves /proc).
+        burnt, done = threading.Event(), threading.Event()
+
+        def burn():
+            sum(i * i for i in range(3_000_000))
+            burnt.set()
+            done.wait(30)
+
+        pid, before = os.getpid(), bench.thread_cpu(os.getpid())
+        burner = threading.Thread(target=burn)
+        burner.start()
+        burnt.wait(30)
+        main, others = bench.cpu_split(pid, before, bench.thread_cpu(pid))
+        done.set()
+        burner.join()
+        assert others >= 0.05 and main < others / 2, (main, others)

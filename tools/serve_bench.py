@@ -12,6 +12,10 @@ The ceiling: one model.encode() of the same kind of texts in this process while 
 engine's threads), run just before and just after each level (their mean; the machine's other load moves both
 alike): the texts/s a server that batched perfectly, at no cost of its own, would reach.
 The client runs in this process on the same cores as the server, as a load generator on the machine would.
+Where the server was started here (Linux), each row also splits the CPU time it took: its event loop's thread
+(HTTP, JSON, tokenizing: ms per request), its other threads (the workers embedding, the batcher: ms per text),
+beside the ceiling's ms of CPU per text and the client's per request. CPU per text, unlike texts/s, moves little
+with the machine's other load, so it shows where a ratio under the ceiling goes.
 """
 
 import argparse
@@ -122,11 +126,49 @@ def start_server(model_dir, extra):
 
 
 def ceiling_run(model, texts):
-    """Texts/s of one model.encode() of texts (after a warm-up)."""
+    """(texts/s, CPU seconds per text) of one model.encode() of texts (after a warm-up)."""
     model.encode(texts[:32])
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     model.encode(texts)
-    return len(texts) / (time.monotonic() - started)
+    return len(texts) / (time.monotonic() - started), (time.process_time() - cpu) / len(texts)
+
+
+def thread_cpu(pid):
+    """{thread id: CPU seconds so far} of process pid's threads, from Linux's /proc; {} where there is none."""
+    seconds = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return seconds
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()             # after the command, which may hold spaces
+        except OSError:                                                # the thread ended
+            continue
+        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+    return seconds
+
+
+def cpu_split(pid, before, after):
+    """(CPU seconds of the main thread, which runs the event loop, and of the others) between two thread_cpu()."""
+    loop = after.get(pid, 0) - before.get(pid, 0)
+    others = sum(t - before.get(tid, 0) for tid, t in after.items() if tid != pid)
+    return loop, others
+
+
+def measured_level(host, port, clients, bodies, total, seconds, pid):
+    """run_level's results, and (loop, other threads, client) CPU seconds over it (None without a pid)."""
+    before, client = thread_cpu(pid) if pid else {}, time.process_time()
+    lat, errors, wall, done = asyncio.run(run_level(host, port, clients, bodies, total, seconds))
+    client = time.process_time() - client
+    split = (*cpu_split(pid, before, thread_cpu(pid)), client) if before else None
+    return lat, errors, wall, done, split
+
+
+def mean_of(before, after):
+    """The mean of two ceiling_run() results, each (texts/s, CPU seconds per text)."""
+    return tuple((a + b) / 2 for a, b in zip(before, after))
 
 
 def main(argv=None):
@@ -155,41 +197,52 @@ def main(argv=None):
         host = "127.0.0.1"
     try:
         single = [{"input": text} for text in texts]
+        pid = process.pid if process is not None else None
         asyncio.run(run_level(host, port, 4, single[:16], 16, 30))                    # warm-up
         rows = []
         before = ceiling_run(model, texts[:256])
         for clients in levels:
             total = max(args.requests, 4 * clients)
-            lat, errors, wall, done = asyncio.run(run_level(host, port, clients, single, total, args.seconds))
+            *level, split = measured_level(host, port, clients, single, total, args.seconds, pid)
             after = ceiling_run(model, texts[:256])
-            rows.append((f"{clients} x 1 query", (before + after) / 2, len(lat), errors, wall, done, lat))
+            rows.append((f"{clients} x 1 query", mean_of(before, after), *level, split))
             before = after
         if not args.no_mixed:
             mixed = [{"input": batch} for batch in mixed_requests(200)]
             before = ceiling_run(model, mixed_texts)
-            lat, errors, wall, done = asyncio.run(run_level(host, port, 16, mixed, 200, args.seconds))
-            ceiling = (before + ceiling_run(model, mixed_texts)) / 2
-            rows.append(("16 x mixed (1-32 texts)", ceiling, len(lat), errors, wall, done, lat))
+            *level, split = measured_level(host, port, 16, mixed, 200, args.seconds, pid)
+            rows.append(("16 x mixed (1-32 texts)", mean_of(before, ceiling_run(model, mixed_texts)), *level, split))
     finally:
         if process is not None:
             process.terminate()
             process.wait(timeout=60)
 
     print(machine.describe())
-    header = "| load | requests | req/s | texts/s | ceiling texts/s | x ceiling | p50 ms | p99 ms | errors |"
+    header = ("| load | requests | req/s | texts/s | ceiling texts/s | x ceiling | p50 ms | p99 ms | errors "
+              "| loop CPU ms/req | workers CPU ms/text | ceiling CPU ms/text | client CPU ms/req |")
     print(header if args.markdown else header.replace("|", " "))
     if args.markdown:
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
-    for name, top, ok, errors, wall, done, lat in rows:
-        kinds = {}
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
+    for name, (top, top_cpu), lat, errors, wall, done, split in rows:
+        ok, kinds = len(lat), {}
         for e in errors:
             kinds[e] = kinds.get(e, 0) + 1
         error_text = ", ".join(f"{v} x {k}" for k, v in sorted(kinds.items(), key=str)) or "0"
-        print(f"| {name} | {ok + len(errors)} | {ok / wall:.1f} | {done / wall:.1f} | {top:.1f} | "
+        answered = ok + len(errors)
+        if split and answered and done:
+            loop, others, client = split
+            cpu_text = (f"{1000 * loop / answered:.2f} | {1000 * others / done:.2f} | {1000 * top_cpu:.2f} | "
+                        f"{1000 * client / answered:.2f}")
+        else:
+            cpu_text = "- | - | - | -"
+        print(f"| {name} | {answered} | {ok / wall:.1f} | {done / wall:.1f} | {top:.1f} | "
               f"{done / wall / top:.2f} | {1000 * statistics.median(lat) if lat else float('nan'):.1f} | "
-              f"{1000 * percentile(lat, 99):.1f} | {error_text} |")
+              f"{1000 * percentile(lat, 99):.1f} | {error_text} | {cpu_text} |")
     print(f"\nceiling: one model.encode() (batch 32, threads={model.threads}) of 256 of the same queries, or of the "
           f"mixed load's {len(mixed_texts)} texts, just before and just after each level (the mean)")
+    if any(row[-1] for row in rows):
+        print("CPU: the server's main thread (its event loop) per request answered, its other threads (workers, "
+              "batcher) per text embedded, the ceiling's encode() per text, this process's client per request")
 
 
 if __name__ == "__main__":
