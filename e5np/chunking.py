@@ -216,6 +216,25 @@ def embed_windows(model, windows, normalize, batch_size, threads):
     return model.embed_tokens(token_ids, normalize=normalize, batch_size=batch_size, threads=threads), starts
 
 
+def combine_windows(windows, pooled, normalize, dtype):
+    """(vectors [n, H] in dtype, token counts [n]) of n texts from their windows and the windows' pooled vectors
+    pooled [sum k, H] (not normalized, in the windows' order): chunking="mean" (see the module's doc). The service
+    calls it too, with windows it embedded among other requests' texts."""
+    vectors, counts = np.empty((len(windows), pooled.shape[-1]), dtype), np.zeros(len(windows), np.int64)
+    start = 0
+    for i, w in enumerate(windows):
+        rows = pooled[start:start + len(w.token_ids)]
+        start += len(w.token_ids)
+        weights = np.array([len(ids) for ids in w.token_ids], np.int64)
+        counts[i] = weights.sum()
+        if len(rows) == 1:                                             # today's vector, bit for bit
+            vectors[i] = l2_normalize(rows)[0] if normalize else rows[0]
+            continue
+        mean = (rows.astype(np.float64) * weights[:, None]).sum(axis=0) / weights.sum()
+        vectors[i] = l2_normalize(mean) if normalize else mean
+    return vectors, counts
+
+
 def mean_of_windows(model, texts, prefix, chunk_overlap, normalize, batch_size, threads, progress=None):
     """(vectors [n, H] in the model's dtype, token counts [n]: the tokens embedded, windows' overlaps counted in
     each), chunking="mean" (see the module's doc)."""
@@ -224,17 +243,8 @@ def mean_of_windows(model, texts, prefix, chunk_overlap, normalize, batch_size, 
     vectors, counts = np.empty((len(texts), model.dim), model.dtype), np.zeros(len(texts), np.int64)
     for part in groups(texts):
         windows = splitter.split(texts[part])
-        pooled, starts = embed_windows(model, windows, False, batch_size, threads)
-        out = vectors[part]
-        for i, w in enumerate(windows):
-            rows = pooled[starts[i]:starts[i + 1]]
-            weights = np.array([len(ids) for ids in w.token_ids], np.int64)
-            counts[part.start + i] = weights.sum()
-            if len(rows) == 1:                                         # today's vector, bit for bit
-                out[i] = l2_normalize(rows)[0] if normalize else rows[0]
-                continue
-            mean = (rows.astype(np.float64) * weights[:, None]).sum(axis=0) / weights.sum()
-            out[i] = l2_normalize(mean) if normalize else mean
+        pooled, _ = embed_windows(model, windows, False, batch_size, threads)
+        vectors[part], counts[part] = combine_windows(windows, pooled, normalize, model.dtype)
         if progress is not None:
             progress(part.stop - part.start)
     return vectors, counts

@@ -306,9 +306,13 @@ def cmd_serve(args):
                              max_body_bytes=args.max_body_bytes, max_inputs=args.max_inputs,
                              idle_timeout=args.idle_timeout, truncation=args.truncation,
                              max_queue_tokens=args.max_queue_tokens, batch_wait_ms=args.batch_wait_ms,
-                             graceful_timeout=args.graceful_timeout)
+                             graceful_timeout=args.graceful_timeout, chunking=args.chunking,
+                             chunk_overlap=args.chunk_overlap)
     except OSError as e:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None
+    except ValueError as e:                                            # --chunking / --chunk-overlap
+        raise CliError(str(e).replace("chunk_overlap", "--chunk-overlap").replace("chunking=", "--chunking ")) \
+            from None
     host, port = server.server_address[:2]
     print(f"e5np: serving {args.model} on http://{host}:{port}/v1/embeddings (Ctrl-C or SIGTERM stops)",
           file=sys.stderr, flush=True)
@@ -494,6 +498,12 @@ def build_parser():
     serve.add_argument("--truncation", choices=["ignore", "error"], default="ignore",
                        help="an input over the model's max length: embed its first tokens (ignore, the default) "
                             "or answer 400 naming it (error, as OpenAI's API does)")
+    serve.add_argument("--chunking", choices=["mean"],
+                       help="for requests that do not say (their \"chunking\" field): an input over the model's max "
+                            "length embedded whole, the token-weighted mean of overlapping windows, as embed "
+                            "--chunking mean does")
+    serve.add_argument("--chunk-overlap", type=int, metavar="N",
+                       help="with --chunking: tokens consecutive windows share (default 1/8 of a window's text tokens)")
     serve.add_argument("--max-queue-tokens", type=int, default=32768,
                        help="tokens queued for embedding across all requests; a request past it gets 429 with "
                             "Retry-After (default 32768)")

@@ -12,6 +12,10 @@ round's budget, or half what the running rounds hold, is queued (or the others f
 arriving (read but not yet queued) a round waits for them at most batch_wait seconds (2 ms by default), and never
 when none is.
 
+Long texts: with chunking "mean" (a request's "chunking" field, or `--chunking mean` for requests that leave it out)
+a text longer than the model's limit is queued as its windows, each a text of the queue, and its vector is their
+token-weighted mean as encode(chunking="mean") makes it (e5np.chunking).
+
 Backpressure: the queue holds at most max_queue_tokens tokens not yet taken by a round; a request that would pass
 that bound gets 429 with Retry-After (an empty queue takes any request, however large, so that every request the
 body and input limits admit can run). A client that hangs up has its texts not yet taken dropped from the queue.
@@ -38,6 +42,7 @@ import time
 import numpy as np
 
 from . import runtime
+from .chunking import CHUNKINGS, check_chunk_pooling, check_chunking, combine_windows, model_splitter
 from .prefixes import KINDS
 from .tokenizer import encode_batch, lone_surrogate, overflowing
 
@@ -98,6 +103,19 @@ def check_kind_field(value, field, allowed=("query", "passage", "document")):
     return KINDS[value]
 
 
+def check_chunking_fields(request):
+    """(chunking, chunk_overlap) as a request gives them, None where it leaves one out: chunking "mean" (a text
+    longer than the model's limit embedded whole, as overlapping windows: encode(chunking="mean")) or "none" (cut
+    at the limit); RequestError naming a field that is neither."""
+    chunking, overlap = request.get("chunking"), request.get("chunk_overlap")
+    if chunking is not None and chunking not in (*CHUNKINGS, "none"):
+        raise RequestError(400, f"'chunking' must be 'mean', 'none' or left out, got {chunking!r}", param="chunking")
+    if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 1):
+        raise RequestError(400, f"'chunk_overlap' must be a positive integer (tokens consecutive windows share), got "
+                                f"{overlap!r}", param="chunk_overlap")
+    return chunking, overlap
+
+
 def request_texts(body, field, max_inputs):
     """(the JSON object of body, the texts of its field); RequestError if it is not one or has none."""
     request = load_json(body)
@@ -109,9 +127,10 @@ def request_texts(body, field, max_inputs):
 
 
 def parse_request(body, max_inputs, dim):
-    """An OpenAI embeddings request body for a model of dim-sized vectors -> (texts, encoding, model, kind), kind
-    from input_type ("query", "passage" or "document": the model's prefix for it; None: the texts as sent, with
-    the checkpoint's default prompt if it names one); RequestError if it is not one."""
+    """An OpenAI embeddings request body for a model of dim-sized vectors -> (texts, encoding, model, kind,
+    (chunking, chunk_overlap)), kind from input_type ("query", "passage" or "document": the model's prefix for it;
+    None: the texts as sent, with the checkpoint's default prompt if it names one), chunking as
+    check_chunking_fields gives it; RequestError if it is not one."""
     request, texts = request_texts(body, "input", max_inputs)
     encoding = request.get("encoding_format")
     encoding = "float" if encoding is None else encoding               # null, as some clients send it: the default
@@ -122,12 +141,13 @@ def parse_request(body, max_inputs, dim):
         raise RequestError(400, f"'dimensions' must be {dim}, the model's size, or left out: e5np does not shorten "
                                 "vectors", param="dimensions")
     kind = check_kind_field(request.get("input_type"), "input_type")
-    return texts, encoding, request.get("model"), kind
+    return texts, encoding, request.get("model"), kind, check_chunking_fields(request)
 
 
 def parse_tei_request(body, max_inputs):
-    """A TEI /embed request body -> (texts, normalize or None, truncate or None, kind); RequestError if not one.
-    prompt_name: "query", "passage" or "document" (the model's prompts of those names), or left out."""
+    """A TEI /embed request body -> (texts, normalize or None, truncate or None, kind, (chunking, chunk_overlap));
+    RequestError if not one. prompt_name: "query", "passage" or "document" (the model's prompts of those names), or
+    left out; chunking as check_chunking_fields gives it."""
     request, texts = request_texts(body, "inputs", max_inputs)
     flags = {}
     for name in ("normalize", "truncate"):
@@ -136,7 +156,7 @@ def parse_tei_request(body, max_inputs):
             raise RequestError(400, f"'{name}' must be true or false", param=name)
         flags[name] = value
     kind = check_kind_field(request.get("prompt_name"), "prompt_name")
-    return texts, flags["normalize"], flags["truncate"], kind
+    return texts, flags["normalize"], flags["truncate"], kind, check_chunking_fields(request)
 
 
 @functools.lru_cache(maxsize=8)
@@ -451,10 +471,12 @@ def metrics_middleware(app, metrics):
 
 
 def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, idle_timeout=60,
-             truncation="ignore", max_queue_tokens=32768, batch_wait_ms=2.0, registry=None):
+             truncation="ignore", max_queue_tokens=32768, batch_wait_ms=2.0, registry=None, chunking=None,
+             chunk_overlap=None):
     """(the ASGI application serving model, its Batcher). The batcher's thread starts now and stops with the app's
     lifespan shutdown (or batcher.stop()). registry: the prometheus_client CollectorRegistry its /metrics show
-    (default: a new one, so that a process can make several apps)."""
+    (default: a new one, so that a process can make several apps). chunking, chunk_overlap: what a request that
+    names neither gets (ValueError for values encode() would refuse)."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse, Response
@@ -464,6 +486,9 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
         raise ValueError(f"truncation must be 'ignore' or 'error', got {truncation!r}")
     if not batch_wait_ms >= 0:
         raise ValueError(f"batch_wait_ms must be 0 or more, got {batch_wait_ms!r}")
+    if check_chunking(chunking, chunk_overlap):
+        check_chunk_pooling(model.pooling)
+        model_splitter(model, model.prefix(), chunk_overlap)           # an overlap too large for the windows
     model_name = model_name or str(model.name)
     names = {model_name, str(model.name)}
     registry = registry if registry is not None else CollectorRegistry()
@@ -508,16 +533,43 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
             raise too_long_error(too_long, model.max_length, field, hint)
         return [e.ids for e in encodings]
 
+    def windows_of(texts, kind, overlap):
+        """Each text's windows (chunking "mean"); RequestError for an overlap its windows cannot take."""
+        try:
+            return model_splitter(model, model.prefix(kind), overlap).split(texts)
+        except ValueError as e:
+            raise RequestError(400, str(e), param="chunk_overlap" if "chunk_overlap" in str(e) else "chunking") \
+                from None
+
+    def chunking_of(asked, overlap):
+        """(chunking, chunk_overlap) for a request asking for these (None: the server's), checked."""
+        asked = chunking if asked is None else (None if asked == "none" else asked)
+        if asked is None and overlap is not None:
+            raise RequestError(400, "'chunk_overlap' is for \"chunking\": \"mean\": without chunking a long text is "
+                                    "cut at the model's limit", param="chunk_overlap")
+        if asked is not None and model.pooling != "mean":
+            raise RequestError(400, f"'chunking' averages mean-pooled windows, but this model pools by "
+                                    f"{model.pooling!r}", param="chunking")
+        if asked is None:
+            return None, None
+        return asked, chunk_overlap if overlap is None else overlap
+
     async def off_loop(function, *args, big=False):
         return await asyncio.to_thread(function, *args) if big else function(*args)
 
-    async def embed(request, texts, kind, truncate, normalize, field):
+    async def embed(request, texts, kind, truncate, normalize, field, chunk=(None, None)):
         """Vectors [n, H] and token counts [n] of texts, through the batcher; waits while watching for the
-        client to leave (then its queued texts are dropped)."""
+        client to leave (then its queued texts are dropped). chunk: the request's (chunking, chunk_overlap); with
+        chunking "mean" each text's windows are queued as texts, and their vectors combined as encode() does."""
         big = len(texts) > 8 or sum(map(len, texts)) > 4096
-        token_ids = await off_loop(tokenize, texts, kind, truncate, field, big=big)
+        chunked, overlap = chunking_of(*chunk)
+        if chunked:
+            windows = await off_loop(windows_of, texts, kind, overlap, big=big)
+            token_ids = [ids for w in windows for ids in w.token_ids]
+        else:
+            token_ids = await off_loop(tokenize, texts, kind, truncate, field, big=big)
         loop = asyncio.get_running_loop()
-        job = Job(token_ids, normalize, model.dim, model.dtype, loop, loop.create_future())
+        job = Job(token_ids, False if chunked else normalize, model.dim, model.dtype, loop, loop.create_future())
         try:
             batcher.submit(job)
         except Overloaded as e:
@@ -537,6 +589,11 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
             gone.cancel()
         if job.future.cancelled():
             raise ClientGone()
+        if chunked:
+            normalize = model.normalize if normalize is None else normalize
+            vectors, counts = await off_loop(combine_windows, windows, job.future.result(), normalize, model.dtype,
+                                             big=big)
+            return vectors, counts, big
         return job.future.result(), np.array(job.lengths), big
 
     async def wait_for_disconnect(request):
@@ -571,12 +628,12 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
     async def openai_embeddings(request):
         async def handle(request):
             body = await read_body(request)
-            texts, encoding, name, kind = await off_loop(parse_request, body, max_inputs, model.dim,
-                                                         big=len(body) > 65536)
+            texts, encoding, name, kind, chunk = await off_loop(parse_request, body, max_inputs, model.dim,
+                                                                big=len(body) > 65536)
             if name is not None and name not in names:
                 raise RequestError(404, f"The model '{name}' does not exist: this server serves '{model_name}'",
                                    param="model", code="model_not_found")
-            vectors, counts, big = await embed(request, texts, kind, truncation == "ignore", None, "input")
+            vectors, counts, big = await embed(request, texts, kind, truncation == "ignore", None, "input", chunk)
             payload = await off_loop(embeddings_json, vectors, counts, encoding, model_name, big=big)
             return Response(payload, 200, media_type="application/json")
 
@@ -585,10 +642,10 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
     async def tei_embed(request):
         async def handle(request):
             body = await read_body(request)
-            texts, normalize, truncate, kind = await off_loop(parse_tei_request, body, max_inputs,
-                                                              big=len(body) > 65536)
+            texts, normalize, truncate, kind, chunk = await off_loop(parse_tei_request, body, max_inputs,
+                                                                     big=len(body) > 65536)
             truncate = truncation == "ignore" if truncate is None else truncate
-            vectors, _, big = await embed(request, texts, kind, truncate, normalize, "inputs")
+            vectors, _, big = await embed(request, texts, kind, truncate, normalize, "inputs", chunk)
             payload = await off_loop(vectors_json, vectors, big=big)
             return Response(payload, 200, media_type="application/json")
 
@@ -706,15 +763,16 @@ class EmbeddingServer:
 
 def make_server(model, host="127.0.0.1", port=8080, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048,
                 idle_timeout=60, truncation="ignore", max_queue_tokens=32768, batch_wait_ms=2.0, graceful_timeout=30,
-                registry=None, backlog=2048):
+                registry=None, backlog=2048, chunking=None, chunk_overlap=None):
     """An EmbeddingServer for model, bound to host:port (OSError if it cannot be); call serve_forever() or
     serve_in_thread(). Rounds run on model.threads workers (e5np.load(threads=N); `e5np serve --threads N`).
     idle_timeout: seconds a connection may stay silent (between requests, or mid-body) before it is closed.
     truncation: an input longer than the model's max_length is embedded from its first tokens ("ignore"),
     or the request gets 400 naming it ("error"). max_queue_tokens: past it, 429. batch_wait_ms: how long a round
-    waits for requests still arriving. graceful_timeout: seconds requests in flight get to finish at shutdown."""
+    waits for requests still arriving. graceful_timeout: seconds requests in flight get to finish at shutdown.
+    chunking ("mean"), chunk_overlap: how texts are embedded for requests that do not say (encode()'s options)."""
     app, batcher = make_app(model, model_name, max_body_bytes, max_inputs, idle_timeout, truncation,
-                            max_queue_tokens, batch_wait_ms, registry)
+                            max_queue_tokens, batch_wait_ms, registry, chunking, chunk_overlap)
     try:
         return EmbeddingServer(app, batcher, host, port, graceful_timeout, idle_timeout, backlog)
     except BaseException:

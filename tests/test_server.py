@@ -502,6 +502,80 @@ def test_tei_truncate_true_embeds_the_first_tokens(server, tiny):
     assert_same_vectors(floats(body), tiny.encode(["word " * 300], truncation="ignore"))
 
 
+LONG = " ".join(["the cat sat on the mat", "a dog ran far away", "hello world", "b c"] * 40)   # ~5 windows
+
+
+def test_chunking_mean_embeds_long_inputs_as_encode_does(server, tiny, prompted):
+    """"chunking": "mean" on either route: a long input's vector is encode(chunking="mean")'s, usage counts every
+    window's tokens, a short input's vector is the one it gets without chunking; chunk_overlap and input_type /
+    prompt_name carry over; normalize false gives the unnormalized mean."""
+    texts = [LONG, "a short one", LONG[:300]]
+    status, body = request(server, "POST", "/v1/embeddings", {"input": texts, "chunking": "mean"})
+    assert status == 200
+    assert_same_vectors(floats([d["embedding"] for d in body["data"]]), tiny.encode(texts, chunking="mean"))
+    assert body["usage"]["prompt_tokens"] == sum(int(c.token_counts.sum()) for c in tiny.encode_chunks(texts))
+    assert len(tiny.encode_chunks(LONG).token_counts) > 2                      # it is chunked
+    assert_same_vectors(floats(body["data"][1]["embedding"]), tiny.encode(["a short one"])[0])
+    status, body = request(server, "POST", "/v1/embeddings", {"input": [LONG], "chunking": "mean",
+                                                             "chunk_overlap": 40})
+    assert status == 200
+    assert_same_vectors(floats(body["data"][0]["embedding"]), tiny.encode(LONG, chunking="mean", chunk_overlap=40))
+    status, body = request(server, "POST", "/embed", {"inputs": [LONG, "b c"], "chunking": "mean",
+                                                      "normalize": False})
+    assert status == 200
+    assert_same_vectors(floats(body), tiny.encode([LONG, "b c"], chunking="mean", normalize=False))
+    with serving(prompted) as srv:
+        status, body = request(srv, "POST", "/v1/embeddings", {"input": [LONG], "chunking": "mean",
+                                                              "input_type": "query"})
+        assert status == 200
+        assert_same_vectors(floats(body["data"][0]["embedding"]), prompted.encode_queries(LONG, chunking="mean"))
+        status, body = request(srv, "POST", "/embed", {"inputs": [LONG], "chunking": "mean", "prompt_name": "passage"})
+        assert status == 200
+        assert_same_vectors(floats(body), prompted.encode_passages([LONG], chunking="mean"))
+
+
+def test_the_servers_chunking_is_the_default_a_request_may_turn_off(tiny):
+    """make_server(chunking="mean") (`e5np serve --chunking mean`): requests that do not say are chunked, with the
+    server's overlap; "chunking": "none" cuts the input at the limit, as without it."""
+    with serving(tiny, chunking="mean", chunk_overlap=30) as srv:
+        status, body = request(srv, "POST", "/v1/embeddings", {"input": LONG})
+        assert status == 200
+        assert_same_vectors(floats(body["data"][0]["embedding"]), tiny.encode([LONG], chunking="mean",
+                                                                              chunk_overlap=30)[0])
+        status, body = request(srv, "POST", "/v1/embeddings", {"input": LONG, "chunking": "none"})
+        assert status == 200
+        assert_same_vectors(floats(body["data"][0]["embedding"]), tiny.encode([LONG], truncation="ignore")[0])
+        assert body["usage"]["prompt_tokens"] == tiny.max_length
+
+
+@pytest.mark.parametrize("body, param, words", [
+    ({"chunking": "max"}, "chunking", "'chunking' must be 'mean', 'none' or left out, got 'max'"),
+    ({"chunking": "mean", "chunk_overlap": 0}, "chunk_overlap", "must be a positive integer"),
+    ({"chunking": "mean", "chunk_overlap": "8"}, "chunk_overlap", "must be a positive integer"),
+    ({"chunking": "mean", "chunk_overlap": True}, "chunk_overlap", "must be a positive integer"),
+    ({"chunk_overlap": 8}, "chunk_overlap", "'chunk_overlap' is for \"chunking\": \"mean\""),
+    ({"chunking": "mean", "chunk_overlap": 126}, "chunk_overlap", "must be less than the 126 text tokens"),
+])
+def test_chunking_errors(server, body, param, words):
+    status, got = request(server, "POST", "/v1/embeddings", {"input": LONG, **body})
+    assert status == 400 and got["error"]["param"] == param and words in got["error"]["message"], got
+    status, got = request(server, "POST", "/embed", {"inputs": LONG, **body})
+    assert status == 400 and words in got["error"] and got["error_type"] == "validation", got
+
+
+def test_chunking_needs_a_mean_pooling_model(tiny):
+    cls_model = e5np.load(TINY_DIR, pooling="cls")
+    with serving(cls_model) as srv:
+        status, got = request(srv, "POST", "/v1/embeddings", {"input": LONG, "chunking": "mean"})
+    assert status == 400 and got["error"]["param"] == "chunking" and "pools by 'cls'" in got["error"]["message"]
+    with pytest.raises(ValueError, match="pools by 'cls'"):
+        make_server(cls_model, "127.0.0.1", 0, chunking="mean")
+    with pytest.raises(ValueError, match="chunk_overlap is for chunking='mean'"):
+        make_server(tiny, "127.0.0.1", 0, chunk_overlap=8)
+    with pytest.raises(ValueError, match="must be less than"):
+        make_server(tiny, "127.0.0.1", 0, chunking="mean", chunk_overlap=500)
+
+
 def metric(text, name, **labels):
     """The value of a sample in Prometheus text, 0 if absent."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -708,12 +782,25 @@ def test_serve_without_the_extra_names_it(monkeypatch, capsys):
     assert err.strip() == 'e5np serve: needs the serve extra: pip install "e5np[serve]"'
 
 
+@pytest.mark.parametrize("options, words", [
+    (["--chunk-overlap", "8"], "e5np serve: --chunk-overlap is for --chunking 'mean'"),
+    (["--chunking", "mean", "--chunk-overlap", "500"], "e5np serve: --chunk-overlap=500 must be less than"),
+])
+def test_serve_refuses_chunking_options_it_cannot_use(capsys, options, words):
+    from e5np import cli
+
+    assert cli.main(["serve", "-m", str(TINY_DIR), "--port", "0", *options]) == 2
+    assert capsys.readouterr().err.startswith(words)
+
+
 def test_parsing_needs_no_server_packages():
     """The request parsers are plain functions."""
     from e5np.server import RequestError, parse_request, parse_tei_request
 
-    assert parse_request(b'{"input": "x", "input_type": "document"}', 16, 32) == (["x"], "float", None, "passage")
-    assert parse_tei_request(b'{"inputs": ["a"], "truncate": true}', 16) == (["a"], None, True, None)
+    assert parse_request(b'{"input": "x", "input_type": "document"}', 16, 32) == (["x"], "float", None, "passage",
+                                                                                 (None, None))
+    assert parse_tei_request(b'{"inputs": ["a"], "truncate": true}', 16) == (["a"], None, True, None, (None, None))
+    assert parse_request(b'{"input": "x", "chunking": "mean", "chunk_overlap": 9}', 16, 32)[4] == ("mean", 9)
     with pytest.raises(RequestError, match="'inputs' is required"):
         parse_tei_request(b"{}", 16)
 
