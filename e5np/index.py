@@ -216,11 +216,10 @@ def write_meta(directory, meta):
     the rows, whether the build finished (complete), the field of the passages' records that holds the text when
     the corpus was JSON lines (field; null for plain text), what vectors.npy holds (precision: float32, int8,
     binary or binary+int8; none recorded: float32, an index from before compact ones) and for int8 codes the file
-    of their ranges
-    (ranges: "ranges.npy"), the row where the last build's corpus begins
-    (build_start: after the passages it was appended to; what --resume compares its corpus with), the identity
-    of the weights that made the vectors (weights; see weights_identity) and how texts became vectors besides
-    (recipe; see passage_recipe)."""
+    of their ranges (ranges: "ranges.npy"), the row where the last build's corpus begins (build_start: after the
+    passages it was appended to; what --resume compares its corpus with), the identity of the weights that made
+    the vectors (weights; see weights_identity) and how texts became vectors besides (recipe; see
+    passage_recipe)."""
     spare = Path(directory) / (META + ".new")
     spare.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(spare, Path(directory) / META)                          # whole or not at all, even if killed
@@ -1009,8 +1008,8 @@ class Index:
             unit_rows = self.meta.get("recipe", {}).get("normalize", True)  # false: a model's raw vectors, see top_k
             return top_k(self.vectors, queries, k, unit_rows=unit_rows is not False)
         if self.precision in ("binary", "binary+int8") and self.words is None:   # the layout hamming() scans: once
-            self.words = bit_words(split_rows(self.vectors, self.dim)[0] if self.precision == "binary+int8"
-                                   else self.vectors, "binary")
+            bits = split_rows(self.vectors, self.dim)[0] if self.precision == "binary+int8" else self.vectors
+            self.words = bit_words(bits, "binary")
         return compact_top_k(self.vectors, queries, k, self.precision, self.ranges, rescore, self.words)
 
 

@@ -547,11 +547,12 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
         if asked is None and overlap is not None:
             raise RequestError(400, "'chunk_overlap' is for \"chunking\": \"mean\": without chunking a long text is "
                                     "cut at the model's limit", param="chunk_overlap")
-        if asked is not None and model.pooling != "mean":
-            raise RequestError(400, f"'chunking' averages mean-pooled windows, but this model pools by "
-                                    f"{model.pooling!r}", param="chunking")
         if asked is None:
             return None, None
+        try:
+            check_chunk_pooling(model.pooling)
+        except ValueError as e:
+            raise RequestError(400, str(e), param="chunking") from None
         return asked, chunk_overlap if overlap is None else overlap
 
     async def off_loop(function, *args, big=False):
