@@ -1,4 +1,5 @@
-"""The embeddings server: an ASGI application (Starlette) served by uvicorn, `pip install "e5np[serve]"`.
+"""The embeddings server: an ASGI application served by uvicorn, `pip install "e5np[serve]"`: the two embedding
+routes plain ASGI, the others Starlette's.
 
 Routes: OpenAI's POST /v1/embeddings, TEI's POST /embed, GET /health, GET /v1/models, GET /metrics (Prometheus).
 
@@ -445,14 +446,25 @@ def make_metrics(registry):
     }
 
 
+def route_label(scope):
+    """The route an HTTP request is counted under in /metrics: its path (a trailing slash dropped) if it is one of
+    ROUTES, else "other"."""
+    path = scope["path"].rstrip("/") or "/"
+    return path if (scope["method"], path) in ROUTES else "other"
+
+
+def count_answer(metrics, route, status, started):
+    labels = (route, str(status))
+    metrics["requests"].labels(*labels).inc()
+    metrics["duration"].labels(*labels).observe(time.monotonic() - started)
+
+
 def metrics_middleware(app, metrics):
     """Counts and times each HTTP request by route (unknown paths as "other") and status."""
 
     async def middleware(scope, receive, send):
         if scope["type"] != "http":
             return await app(scope, receive, send)
-        path = scope["path"].rstrip("/") or "/"
-        route = path if (scope["method"], path) in ROUTES else "other"
         started, status = time.monotonic(), [500]
 
         async def sending(message):
@@ -463,11 +475,55 @@ def metrics_middleware(app, metrics):
         try:
             await app(scope, receive, sending)
         finally:
-            labels = (route, str(status[0]))
-            metrics["requests"].labels(*labels).inc()
-            metrics["duration"].labels(*labels).observe(time.monotonic() - started)
+            count_answer(metrics, route_label(scope), status[0], started)
 
     return middleware
+
+
+async def receive_within(receive, seconds):
+    """receive()'s next ASGI message, or asyncio.TimeoutError if none comes within seconds. A timer that cancels
+    the waiting task, not asyncio.wait_for: that runs the call as a task of its own, a task (and a turn of the
+    event loop) for every chunk of every body."""
+    task, expired = asyncio.current_task(), []
+
+    def expire():
+        expired.append(True)
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        return await receive()
+    except asyncio.CancelledError:
+        if not expired:
+            raise                                                      # cancelled by someone else: shutdown
+        if hasattr(task, "uncancel"):                                  # Python >= 3.11 counts cancellations
+            task.uncancel()
+        raise asyncio.TimeoutError() from None
+    finally:
+        timer.cancel()
+
+
+async def send_answer(send, status, body, headers=None):
+    """An HTTP answer through ASGI's send: status, body (JSON text or bytes), extra headers {name: value}."""
+    body = body.encode() if isinstance(body, str) else body
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Arrival:
+    """A request the batcher's next round may wait for (Batcher.arriving): from when it is read until its texts
+    are queued, or it is refused or fails (over())."""
+
+    def __init__(self, batcher):
+        self.batcher, self.pending = batcher, True
+        batcher.arrival(+1)
+
+    def over(self):
+        if self.pending:
+            self.pending = False
+            self.batcher.arrival(-1)
 
 
 def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, idle_timeout=60,
@@ -498,19 +554,20 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
     def json_response(status, payload, headers=None):
         return Response(json.dumps(payload), status, headers=headers, media_type="application/json")
 
-    async def read_body(request):
+    async def read_body(scope, receive):
         """The body, read under max_body_bytes, each chunk within idle_timeout; RequestError (411, 413, 408)."""
-        length = request.headers.get("content-length")
-        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+        headers = dict(reversed(scope["headers"]))                     # ASGI's lowercase names; the first of each
+        length = headers.get(b"content-length")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         if length is None and not chunked:
             raise RequestError(411, "a Content-Length header is required", headers={"Connection": "close"})
         if length is not None and int(length) > max_body_bytes:                 # uvicorn's parser checked it
-            raise RequestError(413, f"request body of {length} bytes exceeds the limit of {max_body_bytes}",
+            raise RequestError(413, f"request body of {int(length)} bytes exceeds the limit of {max_body_bytes}",
                                headers={"Connection": "close"})               # not read
         body = bytearray()
         while True:
             try:
-                message = await asyncio.wait_for(request.receive(), idle_timeout)
+                message = await receive_within(receive, idle_timeout)
             except asyncio.TimeoutError:
                 raise RequestError(408, f"the request body did not arrive within {idle_timeout:g} s",
                                    headers={"Connection": "close"}) from None
@@ -558,7 +615,7 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
     async def off_loop(function, *args, big=False):
         return await asyncio.to_thread(function, *args) if big else function(*args)
 
-    async def embed(request, texts, kind, truncate, normalize, field, chunk=(None, None)):
+    async def embed(receive, arrival, texts, kind, truncate, normalize, field, chunk=(None, None)):
         """Vectors [n, H] and token counts [n] of texts, through the batcher; waits while watching for the
         client to leave (then its queued texts are dropped). chunk: the request's (chunking, chunk_overlap); with
         chunking "mean" each text's windows are queued as texts, and their vectors combined as encode() does."""
@@ -579,17 +636,20 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
                                     f"{e.args[0]} s", kind="rate_limit_error", code="rate_limit_exceeded",
                                headers={"Retry-After": str(e.args[0])}) from None
         finally:
-            arrived(request)
-        gone = asyncio.ensure_future(wait_for_disconnect(request))
+            arrival.over()
+        # The client may hang up while its texts wait: a task watches for it, and cancels the wait if it does.
+        gone = asyncio.ensure_future(wait_for_disconnect(receive))
+        gone.add_done_callback(lambda _: job.future.cancel())          # a no-op once the vectors are in
         try:
-            await asyncio.wait({job.future, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await job.future
+        except asyncio.CancelledError:                                 # the client left, or shutdown gave up
+            batcher.drop(job)
+            job.future.cancel()
+            if gone.done() and not gone.cancelled():
+                raise ClientGone() from None
+            raise
         finally:
-            if not job.future.done():
-                batcher.drop(job)
-                job.future.cancel()
             gone.cancel()
-        if job.future.cancelled():
-            raise ClientGone()
         if chunked:
             normalize = model.normalize if normalize is None else normalize
             vectors, counts = await off_loop(combine_windows, windows, job.future.result(), normalize, model.dtype,
@@ -597,60 +657,57 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
             return vectors, counts, big
         return job.future.result(), np.array(job.lengths), big
 
-    async def wait_for_disconnect(request):
-        while (await request.receive())["type"] != "http.disconnect":
+    async def wait_for_disconnect(receive):
+        while (await receive())["type"] != "http.disconnect":
             pass
 
-    def arrived(request):
-        """The request is queued, refused or failed: no longer one the next round may wait for."""
-        if request.state.arriving:
-            request.state.arriving = False
-            batcher.arrival(-1)
-
-    async def answer(request, handle, error_body):
-        request.state.arriving = True
-        batcher.arrival(+1)
+    async def answer(scope, receive, send, handle, error_body):
+        """Runs handle(scope, receive, arrival) -> JSON text, and sends its answer: 200 with it, or the error's."""
+        started, arrival, headers = time.monotonic(), Arrival(batcher), None
         try:
-            return await handle(request)
+            status, payload = 200, await handle(scope, receive, arrival)
         except RequestError as e:
-            return json_response(e.status, error_body(e), e.headers)
+            status, payload, headers = e.status, json.dumps(error_body(e)), e.headers
         except ClientGone:
-            return Response(status_code=499)                           # nobody reads it; counted in /metrics
+            status, payload = 499, b""                                 # nobody reads it; counted in /metrics
         except asyncio.CancelledError:                                 # shutdown's graceful timeout has passed
-            return json_response(503, error_body(RequestError(
-                503, "the server shut down before this request was embedded", kind="server_error")),
-                {"Connection": "close"})
+            status, payload, headers = 503, json.dumps(error_body(RequestError(
+                503, "the server shut down before this request was embedded", kind="server_error"))), \
+                {"Connection": "close"}
         except Exception as e:                                         # a bug, not the client's fault
             print(f"e5np serve: internal error: {e!r}", file=sys.stderr)
-            return json_response(500, error_body(RequestError(500, "internal error", kind="server_error")))
+            status, payload = 500, json.dumps(error_body(RequestError(500, "internal error", kind="server_error")))
         finally:
-            arrived(request)
+            arrival.over()
+        try:
+            await send_answer(send, status, payload, headers)
+        finally:
+            count_answer(metrics, route_label(scope), status, started)
 
-    async def openai_embeddings(request):
-        async def handle(request):
-            body = await read_body(request)
+    async def openai_embeddings(scope, receive, send):
+        async def handle(scope, receive, arrival):
+            body = await read_body(scope, receive)
             texts, encoding, name, kind, chunk = await off_loop(parse_request, body, max_inputs, model.dim,
                                                                 big=len(body) > 65536)
             if name is not None and name not in names:
                 raise RequestError(404, f"The model '{name}' does not exist: this server serves '{model_name}'",
                                    param="model", code="model_not_found")
-            vectors, counts, big = await embed(request, texts, kind, truncation == "ignore", None, "input", chunk)
-            payload = await off_loop(embeddings_json, vectors, counts, encoding, model_name, big=big)
-            return Response(payload, 200, media_type="application/json")
+            vectors, counts, big = await embed(receive, arrival, texts, kind, truncation == "ignore", None, "input",
+                                               chunk)
+            return await off_loop(embeddings_json, vectors, counts, encoding, model_name, big=big)
 
-        return await answer(request, handle, openai_error_body)
+        await answer(scope, receive, send, handle, openai_error_body)
 
-    async def tei_embed(request):
-        async def handle(request):
-            body = await read_body(request)
+    async def tei_embed(scope, receive, send):
+        async def handle(scope, receive, arrival):
+            body = await read_body(scope, receive)
             texts, normalize, truncate, kind, chunk = await off_loop(parse_tei_request, body, max_inputs,
                                                                      big=len(body) > 65536)
             truncate = truncation == "ignore" if truncate is None else truncate
-            vectors, _, big = await embed(request, texts, kind, truncate, normalize, "inputs", chunk)
-            payload = await off_loop(vectors_json, vectors, big=big)
-            return Response(payload, 200, media_type="application/json")
+            vectors, _, big = await embed(receive, arrival, texts, kind, truncate, normalize, "inputs", chunk)
+            return await off_loop(vectors_json, vectors, big=big)
 
-        return await answer(request, handle, tei_error_body)
+        await answer(scope, receive, send, handle, tei_error_body)
 
     async def health(request):
         return JSONResponse({"status": "ok", "model": model_name, "dim": model.dim})
@@ -671,12 +728,26 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
         yield
         await asyncio.to_thread(batcher.stop)
 
-    routes = [Route(EMBEDDINGS, openai_embeddings, methods=["POST"]), Route(TEI_EMBED, tei_embed, methods=["POST"]),
-              Route("/health", health, methods=["GET"]), Route("/v1/models", models, methods=["GET"]),
+    routes = [Route("/health", health, methods=["GET"]), Route("/v1/models", models, methods=["GET"]),
               Route("/metrics", metrics_page, methods=["GET"])]
-    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}, lifespan=lifespan)
-    app.state.batcher, app.state.registry = batcher, registry
-    return metrics_middleware(app, metrics), batcher
+    others = metrics_middleware(Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found},
+                                          lifespan=lifespan), metrics)
+    # The two embedding routes are plain ASGI: each request to them would otherwise cross Starlette's middleware,
+    # router and request objects, which cost the event loop (shared by every request) about as much as the rest of
+    # the request's handling. Everything else is Starlette's.
+    embedding_routes = {EMBEDDINGS: openai_embeddings, TEI_EMBED: tei_embed}
+
+    async def application(scope, receive, send):
+        route = embedding_routes.get(scope["path"].rstrip("/")) if scope["type"] == "http" else None
+        if route is None:
+            return await others(scope, receive, send)
+        if scope["method"] == "POST":
+            return await route(scope, receive, send)
+        error = RequestError(405, f"no route {scope['method']} {scope['path']}: it takes POST", kind="not_found_error")
+        await send_answer(send, 405, json.dumps(openai_error_body(error)), {"Allow": "POST"})
+        count_answer(metrics, route_label(scope), 405, time.monotonic())
+
+    return application, batcher
 
 
 class ClientGone(Exception):
@@ -728,7 +799,7 @@ class EmbeddingServer:
         config = uvicorn.Config(app, backlog=backlog, timeout_graceful_shutdown=graceful_timeout,
                                 timeout_keep_alive=idle_timeout, limit_concurrency=limit_concurrency,
                                 log_level=log_level, access_log=False, lifespan="on", server_header=False,
-                                headers=[("server", "e5np")])
+                                headers=[("server", "e5np")], proxy_headers=False)   # no X-Forwarded-For: no use
         config.load()
         config.http_protocol_class = closing_silent_connections(config.http_protocol_class)
         self.uvicorn = uvicorn.Server(config)

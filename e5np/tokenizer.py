@@ -184,6 +184,13 @@ def not_unicode(texts, indices):
     return None
 
 
+# At most this many texts are tokenized one at a time (tokenizer.encode: the same encodings). encode keeps the GIL
+# for its few tens of µs; encode_batch lets it go, to tokenize its texts in parallel, and must then win it back
+# from whichever thread took it: on a server's event loop, while workers embed, that wait is several times the
+# tokenizing itself, and every other request waits behind it.
+FEW_TEXTS = 4
+
+
 def encode_batch(tokenizer, texts):
     """tokenizer.encode_batch(texts), with a ValueError naming the text when one is not valid Unicode.
 
@@ -194,8 +201,9 @@ def encode_batch(tokenizer, texts):
     limit = (tokenizer.truncation or {}).get("max_length")
     chars = PREFIX_CHARS_PER_TOKEN * limit if limit else None
     long = {i for i, text in enumerate(texts) if chars and len(text) > 4 * chars}
-    encodings = tokenizer.encode_batch([text[:prefix_end(text, chars) or chars] if i in long else text
-                                        for i, text in enumerate(texts)])
+    inputs = [text[:prefix_end(text, chars) or chars] if i in long else text for i, text in enumerate(texts)]
+    encodings = [tokenizer.encode(text) for text in inputs] if len(inputs) <= FEW_TEXTS else \
+        tokenizer.encode_batch(inputs)
     for i in long:
         encodings[i] = encode_prefix(tokenizer, texts[i], chars, encodings[i])
     return encodings

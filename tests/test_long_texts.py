@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e5np.tokenizer import PREFIX_CHARS_PER_TOKEN, encode_batch, load_tokenizer
+from e5np.tokenizer import FEW_TEXTS, PREFIX_CHARS_PER_TOKEN, encode_batch, load_tokenizer
 from tests.checkpoints import FIXTURES, TINY_DIR, minilm_dir
 
 MAX_LENGTH = 16                                            # small, so that short random texts take the prefix path
@@ -61,6 +61,18 @@ def test_prefix_edge_cases(tokenizer, text):
             encode_batch(tokenizer, [text])
         return
     assert_same_as_whole(tokenizer, text)
+
+
+def test_a_few_texts_one_at_a_time_get_the_encodings_of_a_batch(tokenizer):
+    """encode_batch tokenizes up to FEW_TEXTS texts one by one (keeping the GIL): the encodings are the batch's."""
+    texts = ["a cat", "", "Ünïcödé and 東京 and emoji 🙂", "word " * 600, "tail"]
+    for n in (1, FEW_TEXTS, FEW_TEXTS + 1):
+        few, batch = encode_batch(tokenizer, texts[:n]), tokenizer.encode_batch(texts[:n])
+        assert len(few) == len(batch) == n
+        for mine, theirs in zip(few, batch):
+            assert (mine.ids, mine.tokens, mine.offsets, mine.attention_mask) == \
+                (theirs.ids, theirs.tokens, theirs.offsets, theirs.attention_mask)
+            assert bool(mine.overflowing) == bool(theirs.overflowing)
 
 
 class CountingTokenizer:

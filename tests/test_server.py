@@ -163,6 +163,23 @@ def test_unknown_routes_are_404(server):
     assert status == 404 and body["error"]["type"] == "not_found_error"
 
 
+def test_embedding_routes_take_post_only_and_a_trailing_slash(server, tiny):
+    for path, body, openai in (("/v1/embeddings", {"input": ["a cat"]}, True), ("/embed", {"inputs": ["a cat"]}, False)):
+        status, got = request(server, "POST", path + "/", body)
+        assert status == 200
+        vectors = floats([item["embedding"] for item in got["data"]] if openai else got)
+        assert_same_vectors(vectors, tiny.encode(["a cat"]))
+        for method in ("GET", "PUT", "DELETE"):
+            connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+            connection.request(method, path)
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            connection.close()
+            assert response.status == 405 and response.getheader("Allow") == "POST"
+            assert answer["error"]["type"] == "not_found_error" and f"{method} {path}" in answer["error"]["message"]
+    assert request(server, "GET", "/health")[0] == 200
+
+
 def test_load_8_threads_x_50_requests(server, tiny):
     texts = [f"request text number {i} about cats and dogs" for i in range(50)]
     expected = tiny.encode(texts)
