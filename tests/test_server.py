@@ -833,8 +833,10 @@ def test_serve_bench_runs(capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.main(["--model", str(TINY_DIR), "--clients", "1,4", "--requests", "16", "--seconds", "30", "--no-mixed",
-                "--markdown"])
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "query" in line]
+                "--ceiling-batch", "8", "--markdown"])
+    out = capsys.readouterr().out
+    assert "ceiling: one model.encode() (batch 8, " in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "query" in line]
     assert [row.split(" | ")[0] for row in rows] == ["| 1 x 1 query", "| 4 x 1 query"]
     cells = [[cell.strip() for cell in row.strip(" |").split("|")] for row in rows]
     assert all(len(row) == 13 and row[8] == "0" for row in cells), rows

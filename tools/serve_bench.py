@@ -1,7 +1,7 @@
 """Load on a running `e5np serve`: concurrent clients of single-query requests, and a mixed-size load.
 
     python tools/serve_bench.py --model DIR [--url http://127.0.0.1:8080] [--clients 1,8,32,128,256]
-                                [--requests 400] [--seconds 20] [--markdown]
+                                [--requests 400] [--seconds 20] [--ceiling-batch 32] [--markdown]
 
 Without --url it starts `e5np serve -m DIR --port <free>` itself (127.0.0.1 only) and stops it at the end; with
 --url it drives that server (any OpenAI-compatible one, the model there should be DIR's). Each client holds one
@@ -10,7 +10,8 @@ requests (at least 4 per client) or --seconds, whichever comes first. Errors cou
 and every failed connection (resets included). The mixed load: requests of 1-32 texts of 3-120 words.
 The ceiling: one model.encode() of the same kind of texts in this process while the server is idle (batch 32, the
 engine's threads), run just before and just after each level (their mean; the machine's other load moves both
-alike): the texts/s a server that batched perfectly, at no cost of its own, would reach.
+alike): the texts/s a server that batched perfectly, at no cost of its own, would reach. --ceiling-batch 16 makes
+it the ceiling of batches as large as 32 waiting clients can fill on two workers.
 The client runs in this process on the same cores as the server, as a load generator on the machine would.
 Where the server was started here (Linux), each row also splits the CPU time it took: its event loop's thread
 (HTTP, JSON, tokenizing: ms per request), its other threads (the workers embedding, the batcher: ms per text),
@@ -20,6 +21,7 @@ with the machine's other load, so it shows where a ratio under the ceiling goes.
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -125,11 +127,11 @@ def start_server(model_dir, extra):
     raise SystemExit("the server did not start")
 
 
-def ceiling_run(model, texts):
-    """(texts/s, CPU seconds per text) of one model.encode() of texts (after a warm-up)."""
-    model.encode(texts[:32])
+def ceiling_run(model, texts, batch_size=32):
+    """(texts/s, CPU seconds per text) of one model.encode() of texts in batches of batch_size (after a warm-up)."""
+    model.encode(texts[:32], batch_size=batch_size)
     started, cpu = time.monotonic(), time.process_time()
-    model.encode(texts)
+    model.encode(texts, batch_size=batch_size)
     return len(texts) / (time.monotonic() - started), (time.process_time() - cpu) / len(texts)
 
 
@@ -181,7 +183,9 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=20, help="at most this long per level")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument("--no-mixed", action="store_true", help="skip the mixed-size load")
+    parser.add_argument("--ceiling-batch", type=int, default=32, help="the ceiling's encode() batch size (32)")
     args = parser.parse_args(argv)
+    ceiling = functools.partial(ceiling_run, batch_size=args.ceiling_batch)
 
     model = e5np.load(args.model)
     levels = [int(c) for c in args.clients.split(",")]
@@ -200,18 +204,18 @@ def main(argv=None):
         pid = process.pid if process is not None else None
         asyncio.run(run_level(host, port, 4, single[:16], 16, 30))                    # warm-up
         rows = []
-        before = ceiling_run(model, texts[:256])
+        before = ceiling(model, texts[:256])
         for clients in levels:
             total = max(args.requests, 4 * clients)
             *level, split = measured_level(host, port, clients, single, total, args.seconds, pid)
-            after = ceiling_run(model, texts[:256])
+            after = ceiling(model, texts[:256])
             rows.append((f"{clients} x 1 query", mean_of(before, after), *level, split))
             before = after
         if not args.no_mixed:
             mixed = [{"input": batch} for batch in mixed_requests(200)]
-            before = ceiling_run(model, mixed_texts)
+            before = ceiling(model, mixed_texts)
             *level, split = measured_level(host, port, 16, mixed, 200, args.seconds, pid)
-            rows.append(("16 x mixed (1-32 texts)", mean_of(before, ceiling_run(model, mixed_texts)), *level, split))
+            rows.append(("16 x mixed (1-32 texts)", mean_of(before, ceiling(model, mixed_texts)), *level, split))
     finally:
         if process is not None:
             process.terminate()
@@ -238,7 +242,7 @@ def main(argv=None):
         print(f"| {name} | {answered} | {ok / wall:.1f} | {done / wall:.1f} | {top:.1f} | "
               f"{done / wall / top:.2f} | {1000 * statistics.median(lat) if lat else float('nan'):.1f} | "
               f"{1000 * percentile(lat, 99):.1f} | {error_text} | {cpu_text} |")
-    print(f"\nceiling: one model.encode() (batch 32, threads={model.threads}) of 256 of the same queries, or of the "
+    print(f"\nceiling: one model.encode() (batch {args.ceiling_batch}, threads={model.threads}) of 256 of the same queries, or of the "
           f"mixed load's {len(mixed_texts)} texts, just before and just after each level (the mean)")
     if any(row[-1] for row in rows):
         print("CPU: the server's main thread (its event loop) per request answered, its other threads (workers, "
