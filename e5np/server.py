@@ -454,6 +454,7 @@ def route_label(scope):
 
 
 def count_answer(metrics, route, status, started):
+    """One answered request in /metrics: counted, and timed from started (time.monotonic()), by route and status."""
     labels = (route, str(status))
     metrics["requests"].labels(*labels).inc()
     metrics["duration"].labels(*labels).observe(time.monotonic() - started)
@@ -481,32 +482,21 @@ def metrics_middleware(app, metrics):
 
 
 async def receive_within(receive, seconds):
-    """receive()'s next ASGI message, or asyncio.TimeoutError if none comes within seconds. A timer that cancels
-    the waiting task, not asyncio.wait_for: that runs the call as a task of its own, a task (and a turn of the
-    event loop) for every chunk of every body."""
-    task, expired = asyncio.current_task(), []
-
-    def expire():
-        expired.append(True)
-        task.cancel()
-
-    timer = asyncio.get_running_loop().call_later(seconds, expire)
-    try:
-        return await receive()
-    except asyncio.CancelledError:
-        if not expired:
-            raise                                                      # cancelled by someone else: shutdown
-        if hasattr(task, "uncancel"):                                  # Python >= 3.11 counts cancellations
-            task.uncancel()
-        raise asyncio.TimeoutError() from None
-    finally:
-        timer.cancel()
+    """receive()'s next ASGI message, or asyncio.TimeoutError if none comes within seconds. asyncio.timeout where
+    there is one (Python >= 3.11): a timer on the waiting task. Before it, asyncio.wait_for runs the call as a task
+    of its own, a task (and a turn of the event loop) for every chunk of every body."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await receive()
+    return await asyncio.wait_for(receive(), seconds)
 
 
 async def send_answer(send, status, body, headers=None):
-    """An HTTP answer through ASGI's send: status, body (JSON text or bytes), extra headers {name: value}."""
+    """An HTTP answer through ASGI's send: status, body (JSON text, or bytes; empty: no content type), extra
+    headers {name: value}."""
     body = body.encode() if isinstance(body, str) else body
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw = [(b"content-type", b"application/json")] if body else []
+    raw.append((b"content-length", str(len(body)).encode()))
     raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
@@ -645,9 +635,9 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
         except asyncio.CancelledError:                                 # the client left, or shutdown gave up
             batcher.drop(job)
             job.future.cancel()
-            if gone.done() and not gone.cancelled():
+            if gone.done() and not gone.cancelled():                   # the watcher saw the hang-up: it cancelled
                 raise ClientGone() from None
-            raise
+            raise                                                      # shutdown cancelled this request's task
         finally:
             gone.cancel()
         if chunked:
@@ -671,9 +661,9 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
         except ClientGone:
             status, payload = 499, b""                                 # nobody reads it; counted in /metrics
         except asyncio.CancelledError:                                 # shutdown's graceful timeout has passed
-            status, payload, headers = 503, json.dumps(error_body(RequestError(
-                503, "the server shut down before this request was embedded", kind="server_error"))), \
-                {"Connection": "close"}
+            e = RequestError(503, "the server shut down before this request was embedded", kind="server_error",
+                             headers={"Connection": "close"})
+            status, payload, headers = e.status, json.dumps(error_body(e)), e.headers
         except Exception as e:                                         # a bug, not the client's fault
             print(f"e5np serve: internal error: {e!r}", file=sys.stderr)
             status, payload = 500, json.dumps(error_body(RequestError(500, "internal error", kind="server_error")))
@@ -737,15 +727,22 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
     # the request's handling. Everything else is Starlette's.
     embedding_routes = {EMBEDDINGS: openai_embeddings, TEI_EMBED: tei_embed}
 
+    async def not_allowed(scope, send):
+        started = time.monotonic()
+        error = RequestError(405, f"no route {scope['method']} {scope['path']}: it takes POST", kind="not_found_error")
+        try:
+            await send_answer(send, 405, json.dumps(openai_error_body(error)), {"Allow": "POST"})
+        finally:
+            count_answer(metrics, route_label(scope), 405, started)
+
     async def application(scope, receive, send):
-        route = embedding_routes.get(scope["path"].rstrip("/")) if scope["type"] == "http" else None
+        path = scope.get("path", "")                                   # the lifespan scope has none
+        route = embedding_routes.get(path[:-1] if path.endswith("/") else path) if scope["type"] == "http" else None
         if route is None:
             return await others(scope, receive, send)
-        if scope["method"] == "POST":
-            return await route(scope, receive, send)
-        error = RequestError(405, f"no route {scope['method']} {scope['path']}: it takes POST", kind="not_found_error")
-        await send_answer(send, 405, json.dumps(openai_error_body(error)), {"Allow": "POST"})
-        count_answer(metrics, route_label(scope), 405, time.monotonic())
+        if scope["method"] != "POST":
+            return await not_allowed(scope, send)
+        return await route(scope, receive, send)
 
     return application, batcher
 

@@ -184,11 +184,13 @@ def not_unicode(texts, indices):
     return None
 
 
-# At most this many texts are tokenized one at a time (tokenizer.encode: the same encodings). encode keeps the GIL
-# for its few tens of µs; encode_batch lets it go, to tokenize its texts in parallel, and must then win it back
-# from whichever thread took it: on a server's event loop, while workers embed, that wait is several times the
-# tokenizing itself, and every other request waits behind it.
-FEW_TEXTS = 4
+# At most this many texts, of at most FEW_CHARS characters in all, are tokenized one at a time (tokenizer.encode:
+# the same encodings). encode keeps the GIL, for a few tens of µs on a query; encode_batch lets it go, to tokenize
+# its texts in parallel, and must then win it back from whichever thread took it: on a server's event loop, while
+# workers embed, that wait is several times the tokenizing itself, and every other request waits behind it.
+# Longer texts go to encode_batch: held for their whole tokenizing (~6 ms for 16K characters), the GIL would
+# stall every other thread.
+FEW_TEXTS, FEW_CHARS = 4, 4096
 
 
 def encode_batch(tokenizer, texts):
@@ -202,8 +204,8 @@ def encode_batch(tokenizer, texts):
     chars = PREFIX_CHARS_PER_TOKEN * limit if limit else None
     long = {i for i, text in enumerate(texts) if chars and len(text) > 4 * chars}
     inputs = [text[:prefix_end(text, chars) or chars] if i in long else text for i, text in enumerate(texts)]
-    encodings = [tokenizer.encode(text) for text in inputs] if len(inputs) <= FEW_TEXTS else \
-        tokenizer.encode_batch(inputs)
+    few = len(inputs) <= FEW_TEXTS and sum(map(len, inputs)) <= FEW_CHARS
+    encodings = [tokenizer.encode(text) for text in inputs] if few else tokenizer.encode_batch(inputs)
     for i in long:
         encodings[i] = encode_prefix(tokenizer, texts[i], chars, encodings[i])
     return encodings

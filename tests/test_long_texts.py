@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from e5np.tokenizer import FEW_TEXTS, PREFIX_CHARS_PER_TOKEN, encode_batch, load_tokenizer
+from e5np.tokenizer import FEW_CHARS, FEW_TEXTS, PREFIX_CHARS_PER_TOKEN, encode_batch, load_tokenizer
 from tests.checkpoints import FIXTURES, TINY_DIR, minilm_dir
 
 MAX_LENGTH = 16                                            # small, so that short random texts take the prefix path
@@ -73,6 +73,32 @@ def test_a_few_texts_one_at_a_time_get_the_encodings_of_a_batch(tokenizer):
             assert (mine.ids, mine.tokens, mine.offsets, mine.attention_mask) == \
                 (theirs.ids, theirs.tokens, theirs.offsets, theirs.attention_mask)
             assert bool(mine.overflowing) == bool(theirs.overflowing)
+
+
+class RecordingTokenizer:
+    """A tokenizer that records which of its methods it was asked to tokenize with."""
+
+    def __init__(self, inner):
+        self.inner, self.calls, self.truncation = inner, [], inner.truncation
+
+    def encode(self, text):
+        self.calls.append("encode")
+        return self.inner.encode(text)
+
+    def encode_batch(self, texts):
+        self.calls.append("encode_batch")
+        return self.inner.encode_batch(texts)
+
+
+@pytest.mark.parametrize("texts, way", [
+    (["a cat"] * FEW_TEXTS, "encode"),
+    (["a cat"] * (FEW_TEXTS + 1), "encode_batch"),
+    (["word " * (FEW_CHARS // 5 + 1)], "encode_batch"),  # long: the GIL held through it would stall the others
+])
+def test_only_a_few_short_texts_are_tokenized_one_at_a_time(texts, way):
+    recording = RecordingTokenizer(load_tokenizer(TINY_DIR, 512))
+    encode_batch(recording, texts)
+    assert set(recording.calls) == {way}
 
 
 class CountingTokenizer:
