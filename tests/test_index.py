@@ -56,14 +56,21 @@ def test_build_from_texts_and_query_equal_brute_force(tiny, tmp_path):
     assert all(hit["text"] == CORPUS[hit["index"]] for found in hits for hit in found)
     one = index.query(QUERIES[0], top_k=4)                             # a str: one list of hits
     assert index.search(tiny.encode_queries(QUERIES[0]), top_k=4) == one
+    # A query alone is a one-row product, which NumPy hands to BLAS's matrix-vector kernel: that sums in another
+    # order than a product of several queries (by ~6e-8 on a score, NumPy 1.24 and 2.4 on AVX-512 alike), and is
+    # kept: for one query over many vectors it is several times faster than a product of two rows.
+    assert [hit["text"] for hit in one] == [hit["text"] for hit in hits[0]]
+    np.testing.assert_allclose([hit["score"] for hit in one], [hit["score"] for hit in hits[0]], rtol=0,
+                               atol=PARITY_BAR)
+    pair = index.query(QUERIES[:2], top_k=4)
     pandas = [hit["index"] for hit in index.query("Pandas eat bamboo.", top_k=2)]
-    if BLAS_ROWS_INDEPENDENT:                                          # a query alone scores as in a batch
-        assert one == hits[0]
+    if BLAS_ROWS_INDEPENDENT:                                          # a query among others scores as among any
+        assert pair[0] == hits[0]
         assert pandas == [1, 5]                                        # duplicate passages: in corpus order
     else:                                # batch-mates move a vector by ~1e-7: duplicates may swap, scores agree
         assert sorted(pandas) == [1, 5]
-        assert [hit["text"] for hit in one] == [hit["text"] for hit in hits[0]]
-        np.testing.assert_allclose([hit["score"] for hit in one], [hit["score"] for hit in hits[0]], rtol=0,
+        assert [hit["text"] for hit in pair[0]] == [hit["text"] for hit in hits[0]]
+        np.testing.assert_allclose([hit["score"] for hit in pair[0]], [hit["score"] for hit in hits[0]], rtol=0,
                                    atol=PARITY_BAR)
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         index.query("q", top_k=0)
