@@ -446,10 +446,16 @@ def make_metrics(registry):
     }
 
 
+def route_path(path):
+    """The route a request's path names: the path, a trailing slash dropped ("/v1/embeddings/" is
+    "/v1/embeddings")."""
+    return path[:-1] if path.endswith("/") and len(path) > 1 else path
+
+
 def route_label(scope):
-    """The route an HTTP request is counted under in /metrics: its path (a trailing slash dropped) if it is one of
-    ROUTES, else "other"."""
-    path = scope["path"].rstrip("/") or "/"
+    """The route an HTTP request is counted under in /metrics: its route_path if it is one of ROUTES, else
+    "other"."""
+    path = route_path(scope["path"])
     return path if (scope["method"], path) in ROUTES else "other"
 
 
@@ -736,8 +742,7 @@ def make_app(model, model_name=None, max_body_bytes=4 * 2**20, max_inputs=2048, 
             count_answer(metrics, route_label(scope), 405, started)
 
     async def application(scope, receive, send):
-        path = scope.get("path", "")                                   # the lifespan scope has none
-        route = embedding_routes.get(path[:-1] if path.endswith("/") else path) if scope["type"] == "http" else None
+        route = embedding_routes.get(route_path(scope["path"])) if scope["type"] == "http" else None
         if route is None:
             return await others(scope, receive, send)
         if scope["method"] != "POST":

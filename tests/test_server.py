@@ -164,7 +164,8 @@ def test_unknown_routes_are_404(server):
 
 
 def test_embedding_routes_take_post_only_and_a_trailing_slash(server, tiny):
-    for path, body, openai in (("/v1/embeddings", {"input": ["a cat"]}, True), ("/embed", {"inputs": ["a cat"]}, False)):
+    for path, body, openai in (("/v1/embeddings", {"input": ["a cat"]}, True),
+                               ("/embed", {"inputs": ["a cat"]}, False)):
         status, got = request(server, "POST", path + "/", body)
         assert status == 200
         vectors = floats([item["embedding"] for item in got["data"]] if openai else got)

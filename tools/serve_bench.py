@@ -242,8 +242,8 @@ def main(argv=None):
         print(f"| {name} | {answered} | {ok / wall:.1f} | {done / wall:.1f} | {top:.1f} | "
               f"{done / wall / top:.2f} | {1000 * statistics.median(lat) if lat else float('nan'):.1f} | "
               f"{1000 * percentile(lat, 99):.1f} | {error_text} | {cpu_text} |")
-    print(f"\nceiling: one model.encode() (batch {args.ceiling_batch}, threads={model.threads}) of 256 of the same queries, or of the "
-          f"mixed load's {len(mixed_texts)} texts, just before and just after each level (the mean)")
+    print(f"\nceiling: one model.encode() (batch {args.ceiling_batch}, threads={model.threads}) of 256 of the same "
+          f"queries, or of the mixed load's {len(mixed_texts)} texts, just before and just after each level (the mean)")
     if any(row[-1] for row in rows):
         print("CPU: the server's main thread (its event loop) per request answered, its other threads (workers, "
               "batcher) per text embedded, the ceiling's encode() per text, this process's client per request")
